@@ -1,0 +1,102 @@
+"""The `ddmops` command line. Heavy imports (torch, mlflow) happen inside commands so
+`ddmops --help` stays fast."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ddmops: unsupervised imaging inverse problems (DDM4IP, DCDP) with DVC, MLflow and Optuna.")
+err = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file; its folder is the workspace")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override a param: section.key=value")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    stage: Annotated[str, typer.Argument(help="stage name (see `ddmops stages`)")],
+    item: Annotated[Optional[str], typer.Option("--domain", "-d", help="item of a per-item stage, e.g. "
+                                                "train-prior --domain clean")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: GPU if present)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Run one pipeline stage (what `dvc repro` calls)."""
+    from ddmops.tracking import quiet_environment
+    quiet_environment()
+    from ddmops.config import load_params
+    from ddmops.errors import DdmopsError
+    from pipelines.runner import run_stage
+
+    try:
+        cfg = load_params(params, overrides)
+        metrics = run_stage(stage, cfg, params.resolve().parent, item=item, device=device, progress=progress)
+    except DdmopsError as exc:
+        _fail(str(exc))
+    out = Console()
+    for key, value in sorted(metrics.items()):
+        out.print(f"  {key:32s} {value:.6g}", highlight=False)
+
+
+@app.command()
+def stages() -> None:
+    """List the pipeline stages."""
+    from rich.table import Table
+
+    from pipelines import STAGES
+    table = Table("stage", "params section", "items", "what it does")
+    for s in STAGES.values():
+        table.add_row(s.name, s.section, ", ".join(s.items), s.help)
+    Console().print(table)
+
+
+@app.command()
+def check(params: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> None:
+    """Validate a params file (unknown keys, types, ranges) without running anything."""
+    from ddmops.config import load_params
+    from ddmops.errors import DdmopsError
+    try:
+        load_params(params, overrides)
+    except DdmopsError as exc:
+        _fail(str(exc))
+    Console().print(f"{params}: ok")
+
+
+@app.command()
+def ui(
+    params: ParamsOpt = Path("params.yaml"),
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 5000,
+) -> None:
+    """Open the MLflow UI on this workspace's tracking store (Ctrl-C stops it)."""
+    from ddmops.tracking import default_tracking_uri, quiet_environment
+    quiet_environment()
+    root = params.resolve().parent
+    uri = default_tracking_uri(root)
+    Console().print(f"MLflow UI on http://{host}:{port}/#/experiments  (store: {uri})")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (root / "mlruns").resolve().as_uri()]
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Typed, frozen configuration: one dataclass per stage, loaded from ``params.yaml``.
+
+Noise levels (``noise_sigma``) are standard deviations in the [-1, 1] image range that
+every model in ddmops works in. Training lengths count images seen, not steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from ddmops.errors import ConfigError
+from ddmops.strict import apply_overrides, from_dict
+
+Domain = Literal["clean", "degraded"]
+DOMAINS: tuple[str, ...] = ("degraded", "clean")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where stages read and write, relative to the workspace (the folder of params.yaml)."""
+
+    source: str = "data/source"  # folder of user images (see prepare.source)
+    prepared: str = "data/prepared"
+    priors: str = "models/priors"
+    operator: str = "models/operator"
+    restored: str = "outputs/restored"
+    metrics: str = "metrics"
+    reports: str = "reports"
+    checkpoints: str = ".checkpoints"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "ddmops"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A synthetic blur kernel: Gaussian (std along x/y, rotated), motion trajectory, or a file."""
+
+    kind: Literal["gaussian", "motion", "file"] = "gaussian"
+    size: int = 9
+    std: tuple[float, float] = (1.5, 1.5)
+    angle: float = 0.0  # degrees, Gaussian only
+    intensity: float = 0.5  # motion only, in [0, 1]
+    path: str = ""  # file only: .npy of (K, K) or (N, K, K)
+    index: int = 0  # file only: which kernel of a stack
+    seed: int = 0  # motion only
+
+    def __post_init__(self):
+        if self.size < 1 or self.size % 2 == 0:
+            raise ValueError(f"kernel.size must be a positive odd integer, got {self.size}")
+        if min(self.std) <= 0:
+            raise ValueError(f"kernel.std must be positive, got {self.std}")
+        if not 0.0 <= self.intensity <= 1.0:
+            raise ValueError(f"kernel.intensity must lie in [0, 1], got {self.intensity}")
+        if self.kind == "file" and not self.path:
+            raise ValueError("kernel.kind 'file' needs kernel.path")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    # 'auto': the images of paths.source if it holds any, else the photos packaged with scikit-image
+    source: Literal["auto", "skimage", "folder"] = "auto"
+    channels: Literal[1, 3] = 3
+    max_side: int = 256  # photos with a longer side are downscaled (Lanczos)
+    test_fraction: float = 0.2  # share of source images held out for testing
+    # the other images go to the clean and degraded sets: whole images, or square tiles
+    # assigned at random (disjoint pixels, so still unpaired, but with alike content)
+    split: Literal["tiles", "images"] = "tiles"
+    tile_size: int = 64
+    clean_fraction: float = 0.5  # share of those images/tiles in the clean set
+    test_crops: int = 4
+    test_size: int = 64
+    kernel: KernelSpec = field(default_factory=KernelSpec)
+    noise_sigma: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (0 < self.test_fraction < 1 and 0 < self.clean_fraction < 1):
+            raise ValueError("test_fraction and clean_fraction must lie in (0, 1)")
+        if self.split == "tiles" and self.tile_size <= self.kernel.size:
+            raise ValueError(f"tile_size ({self.tile_size}) must exceed kernel.size ({self.kernel.size})")
+        if self.noise_sigma < 0:
+            raise ValueError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
+        if self.test_size <= self.kernel.size:
+            raise ValueError(f"test_size ({self.test_size}) must exceed kernel.size ({self.kernel.size})")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Velocity network; ``preset`` fixes the architecture, explicit fields override it."""
+
+    preset: Literal["tiny", "xxxs", "xxs", "xs"] = "tiny"
+    channels: int | None = None
+    channel_mult: tuple[int, ...] | None = None
+    num_blocks: int | None = None
+    attn_resolutions: tuple[int, ...] | None = None
+    dropout: float = 0.0
+    position_channels: bool = False  # 2 extra inputs: normalised (x, y) in the full image
+    num_labels: int = 0  # > 0 adds a learned domain/class embedding
+
+
+@dataclass(frozen=True)
+class EmaConfig:
+    kind: Literal["classic", "power", "none"] = "power"
+    decay: float = 0.999  # classic: weight of the old average per step
+    std: float = 0.05  # power: relative std of the power-function profile (EDM2)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Training of one flow-matching prior (one data domain)."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    patch_size: int = 32
+    batch_size: int = 32
+    accumulation: int = 1
+    images: int = 64_000  # training length, images seen
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    lr_decay: Literal["none", "cosine"] = "cosine"
+    grad_clip: float = 1.0
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    flips: bool = True  # random flips; keep off for degraded data with an asymmetric kernel
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast on GPU only
+    log_every: int = 2_048  # images
+    sample_every: int = 16_384  # images
+    checkpoint_every: int = 8_192  # images
+    eval_patches: int = 64
+    sample_steps: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.images < self.batch_size * self.accumulation:
+            raise ValueError("images must cover at least one optimiser step (batch_size * accumulation)")
+        if self.patch_size < 8:
+            raise ValueError(f"patch_size must be >= 8, got {self.patch_size}")
+
+
+@dataclass(frozen=True)
+class TrainPriorConfig:
+    degraded: PriorConfig = field(default_factory=lambda: PriorConfig(flips=False))
+    clean: PriorConfig = field(default_factory=PriorConfig)
+
+
+@dataclass(frozen=True)
+class KernelRegConfig:
+    """Kernel regularisers of the distribution-matching learner (weights; 0 disables)."""
+
+    sparse: float = 0.0  # mean(|k|^p)
+    sparse_p: float = 0.5
+    center: float = 0.01  # squared distance of the centre of mass from the kernel centre (px)
+    gaussian: float = 0.0  # spread around the centre of mass
+    sum_to_one: float = 0.0  # |sum(k_raw) - 1| before normalisation
+
+
+@dataclass(frozen=True)
+class LearnOperatorConfig:
+    task: Literal["deblur"] = "deblur"
+    kernel_size: int = 9
+    init: Literal["gaussian", "uniform", "random"] = "gaussian"
+    param: Literal["abs", "softmax"] = "abs"  # kernel = |raw| / sum|raw| (DDM4IP) or softmax(raw)
+    patch_size: int = 32  # size of the simulated observations
+    batch_size: int = 32
+    images: int = 48_000  # images seen by the kernel update
+    lr_kernel: float = 1e-3
+    lr_aux: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    lr_decay: Literal["none", "cosine"] = "cosine"
+    kernel_ema: float = 0.01  # rate of the kernel's moving average (0 disables)
+    noise_sigma: float | None = None  # None: the level recorded by `prepare`
+    reg: KernelRegConfig = field(default_factory=KernelRegConfig)
+    log_every: int = 1_024
+    plot_every: int = 8_192
+    checkpoint_every: int = 8_192
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    """DiffPIR-style plug-and-play restoration with the clean flow prior (DDM4IP step 3)."""
+
+    steps: int = 20
+    lam: float = 7.0  # DiffPIR lambda: data-term weight rho_k = lam * sigma_n^2 / sigma_k^2
+    zeta: float = 0.3  # share of fresh noise when re-noising
+    cg_iters: int = 20
+    noise_sigma: float | None = None  # None: the level recorded by `prepare`
+    operator: str = ""  # "" = this workspace's learned kernel; else a .npy kernel file
+    batch_size: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    grid_images: int = 4  # test images shown in the restoration grid
+
+
+@dataclass(frozen=True)
+class Params:
+    paths: Paths = field(default_factory=Paths)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train_prior: TrainPriorConfig = field(default_factory=TrainPriorConfig)
+    learn_operator: LearnOperatorConfig = field(default_factory=LearnOperatorConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def read_params_dict(path: Path, overrides: list[str] | None = None) -> dict:
+    """The raw params mapping of ``path`` with ``key=value`` overrides applied."""
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return apply_overrides(data, overrides or [])
+
+
+def load_params(path: Path, overrides: list[str] | None = None) -> Params:
+    """Load and validate a params file; errors name the file and the dotted key."""
+    data = read_params_dict(path, overrides)
+    try:
+        return from_dict(Params, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

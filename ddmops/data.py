@@ -1,0 +1,126 @@
+"""Image sets: source photos, synthetic degradation, prepared sets on disk, patch sampling.
+
+In memory an image is a float tensor (C, H, W) in [-1, 1]; on disk clean images are
+uint8 and degraded ones float32 (their noise is not quantised).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ddmops.config import KernelSpec
+from ddmops.errors import DataError
+from ddmops.io import iter_npz, list_images, read_image, to_uint8
+from ddmops.operators.blur import convolve
+from ddmops.operators.kernels import gaussian_kernel, load_kernel, motion_kernel
+
+# Natural photos shipped inside the scikit-image wheel (no download); grey ones are
+# replicated to RGB. The motorcycle stereo pair counts as one scene.
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "immunohistochemistry",
+                  "camera", "coins", "moon", "brick", "grass", "gravel", "clock")
+
+
+def source_images(source: str | Path, channels: int, max_side: int) -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 (H, W, channels)) for every photo of ``source`` ('' = scikit-image's)."""
+    if not source:
+        import skimage.data
+        images = [(n, to_uint8(getattr(skimage.data, n)() if n != "motorcycle_left"
+                               else skimage.data.stereo_motorcycle()[0], channels)) for n in SKIMAGE_PHOTOS]
+    else:
+        images = [(p.name, read_image(p, channels)) for p in list_images(Path(source))]
+    return [(name, downscale(img, max_side)) for name, img in images]
+
+
+def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img
+    s = max_side / max(h, w)
+    pil = Image.fromarray(img.squeeze(-1) if img.shape[2] == 1 else img)
+    out = np.asarray(pil.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS))
+    return out[..., None] if out.ndim == 2 else out
+
+
+def make_kernel(spec: KernelSpec, root: Path) -> torch.Tensor:
+    """The (K, K) kernel a :class:`KernelSpec` describes."""
+    if spec.kind == "gaussian":
+        return gaussian_kernel(spec.size, spec.std, spec.angle)
+    if spec.kind == "motion":
+        g = torch.Generator().manual_seed(spec.seed)
+        return motion_kernel(spec.size, spec.intensity, g)
+    path = Path(spec.path) if Path(spec.path).is_absolute() else root / spec.path
+    return load_kernel(path, spec.index)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) -> float (C, H, W) in [-1, 1]."""
+    return torch.tensor(img).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """float (C, H, W) in [-1, 1] -> uint8 (H, W, C) (clipped)."""
+    return (x.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round()
+            .to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def degrade(x: torch.Tensor, kernel: torch.Tensor, sigma: float, generator: torch.Generator,
+            padding: str = "valid") -> torch.Tensor:
+    """y = k * x + sigma n. x: (B, C, H, W) -> (B, C, H-K+1, W-K+1) for 'valid'."""
+    y = convolve(x, kernel.to(x), padding)
+    return y + sigma * torch.randn(y.shape, generator=generator).to(y)
+
+
+def save_image_set(images: list[torch.Tensor], quantise: bool) -> dict[str, np.ndarray]:
+    """Arrays for :func:`ddmops.io.save_npz`: uint8 (H, W, C) or float32 (C, H, W)."""
+    return {f"img_{i:05d}": (to_image(x) if quantise else x.float().numpy()) for i, x in enumerate(images)}
+
+
+def load_image_set(path: Path) -> list[torch.Tensor]:
+    """Inverse of :func:`save_image_set`: a list of (C, H, W) in [-1, 1]."""
+    out = [to_tensor(a) if a.dtype == np.uint8 else torch.from_numpy(np.ascontiguousarray(a))
+           for _, a in iter_npz(path)]
+    if not out:
+        raise DataError(f"{path}: the image set is empty")
+    return out
+
+
+class PatchSampler:
+    """Random square crops (optionally flipped) from a list of (C, H, W) images.
+
+    Images are drawn with probability proportional to their number of crop positions,
+    so every crop of the collection is equally likely. Images smaller than the patch
+    are rejected up front.
+    """
+
+    def __init__(self, images: list[torch.Tensor], patch_size: int, flips: bool = False):
+        small = [i for i, x in enumerate(images) if min(x.shape[-2:]) < patch_size]
+        if small:
+            shape = tuple(images[small[0]].shape[-2:])
+            raise DataError(f"{len(small)} image(s) are smaller than the patch size {patch_size} "
+                            f"(e.g. image #{small[0]} of size {shape})")
+        self.images, self.patch_size, self.flips = images, patch_size, flips
+        counts = torch.tensor([(x.shape[-2] - patch_size + 1) * (x.shape[-1] - patch_size + 1)
+                               for x in images], dtype=torch.float64)
+        self.weights = counts / counts.sum()
+
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """-> (batch, C, P, P)"""
+        p = self.patch_size
+        idx = torch.multinomial(self.weights, batch, replacement=True, generator=generator)
+        u = torch.rand(batch, 4, generator=generator)
+        crops = []
+        for i, (ur, uc, fh, fv) in zip(idx.tolist(), u.tolist()):
+            img = self.images[i]
+            r = int(ur * (img.shape[-2] - p + 1))
+            c = int(uc * (img.shape[-1] - p + 1))
+            crop = img[:, r:r + p, c:c + p]
+            if self.flips and fh < 0.5:
+                crop = crop.flip(-1)
+            if self.flips and fv < 0.5:
+                crop = crop.flip(-2)
+            crops.append(crop)
+        return torch.stack(crops)

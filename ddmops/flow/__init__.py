@@ -1,0 +1,1 @@
+"""Rectified-flow / conditional flow matching priors: path, network, solvers, training."""

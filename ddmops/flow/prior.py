@@ -1,0 +1,73 @@
+"""A trained flow prior: velocity, denoiser (x0-prediction) and sampler, saved as safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from ddmops.errors import DataError
+from ddmops.flow import path as fpath
+from ddmops.flow.solver import Method, integrate
+from ddmops.flow.unet import UNetArch, VelocityUNet
+from ddmops.io import atomic_write
+
+FORMAT = "ddmops.flow-prior/1"
+
+
+class FlowPrior(torch.nn.Module):
+    """Wraps a velocity network; images are (B, C, H, W) in [-1, 1], t in [0, 1]."""
+
+    def __init__(self, net: VelocityUNet, meta: dict | None = None):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.meta = dict(meta or {})
+        self.nfe = 0  # velocity evaluations, counted per image batch
+
+    @property
+    def arch(self) -> UNetArch:
+        return self.net.arch
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float, position: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
+        self.nfe += 1
+        return self.net(x_t, t.expand(x_t.shape[0]) if t.dim() == 0 else t, labels, position)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor | float, **kw) -> torch.Tensor:
+        """x0-prediction x_t + (1 - t) v(x_t, t): the prior's posterior-mean denoiser."""
+        return fpath.x0_from_velocity(x_t, self.velocity(x_t, t, **kw), t)
+
+    @torch.no_grad()
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator, steps: int = 32,
+               method: Method = "euler", **kw) -> torch.Tensor:
+        """Draw images by integrating from noise (t = 0) to data (t = 1). -> shape"""
+        device = next(self.net.parameters()).device
+        eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
+        return integrate(lambda x, t: self.velocity(x, t, **kw), eps, 0.0, 1.0, steps, method)
+
+    def save(self, path: Path) -> None:
+        meta = {"format": FORMAT, "arch": json.dumps(self.arch.to_dict()), "meta": json.dumps(self.meta)}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        atomic_write(path, lambda fh: fh.write(save(tensors, metadata=meta)))
+
+    @classmethod
+    def load(cls, path: Path, device: str | torch.device = "cpu") -> "FlowPrior":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: prior not found (run `ddmops run train-prior` first)")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata() or {}
+            tensors = load_file(str(path), device=str(device))
+        except (SafetensorError, OSError) as exc:
+            raise DataError(f"{path}: unreadable prior ({exc})") from None
+        if header.get("format") != FORMAT:
+            raise DataError(f"{path}: not a ddmops flow prior (format {header.get('format')!r}, expected {FORMAT})")
+        net = VelocityUNet(UNetArch.from_dict(json.loads(header["arch"]))).to(device)
+        net.load_state_dict(tensors)
+        return cls(net, json.loads(header["meta"]))
+

@@ -1,0 +1,1 @@
+"""Restoration algorithms that combine a forward operator with a flow prior."""

@@ -1,0 +1,168 @@
+"""Files in and out: images, arrays, JSON and checkpoints, all written atomically.
+
+A write goes to a temporary file in the target folder, is flushed and fsynced, then
+``os.replace``d over the target, so a crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ddmops.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(fileobj)`` on a temp file, fsync it, then move it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda fh: json.dump(data, fh, indent=2, sort_keys=True), mode="w")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (has the stage that writes it run?)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
+
+
+def load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Save a dict of tensors and plain values (loadable with ``weights_only=True``)."""
+    atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: checkpoint not found") from None
+    except Exception as exc:  # truncated zip, foreign pickle, ...
+        raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted); other files are skipped with a warning
+    (README, .dvc and .gitignore files silently)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    images, skipped = [], []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_dir() or any(part.startswith(".") for part in rel.parts) or p.suffix in (".dvc", ".md"):
+            continue
+        (images if p.suffix.lower() in IMAGE_SUFFIXES else skipped).append(p)
+    if skipped:
+        warnings.warn(f"{folder}: skipping {len(skipped)} non-image file(s), e.g. {skipped[0].name}")
+    if not images:
+        raise DataError(f"{folder}: no images found (accepted: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
+    """Read an image file as uint8 ``(H, W, channels)``.
+
+    Grayscale, palette, RGBA (composited on white) and 16-bit images are converted;
+    a corrupt or truncated file raises :class:`DataError` naming it.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_uint8(np.asarray(_to_8bit_mode(im)), channels)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+
+
+def _to_8bit_mode(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if im.mode not in ("L", "RGB"):
+        return im.convert("RGB")
+    return im
+
+
+def to_uint8(arr: np.ndarray, channels: int) -> np.ndarray:
+    """Any 2-D/3-D image array (bool, uint8, float in [0, 1]) -> uint8 ``(H, W, channels)``."""
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        arr = np.clip(np.asarray(arr, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise DataError(f"expected an image array of 2 or 3 dimensions, got shape {arr.shape}")
+    if arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if channels == 3 and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif channels == 1 and arr.shape[2] == 3:
+        arr = np.round(arr @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
+    return np.ascontiguousarray(arr)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """Save uint8 ``(H, W)`` or ``(H, W, 3)`` as PNG."""
+    def write(fh):
+        Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[2] == 1 else image).save(fh, "PNG")
+    atomic_write(path, write)
+
+
+def iter_npz(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in sorted(data.files):
+                yield key, data[key]
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (has `ddmops run prepare` run?)") from None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))

@@ -1,0 +1,63 @@
+"""Image and kernel quality metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB on [0, 1] intensities. x, ref: (B, C, H, W) in [-1, 1] -> (B,)"""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+    return peak_signal_noise_ratio(_to_unit(x), _to_unit(ref), data_range=1.0, reduction="none",
+                                   dim=(1, 2, 3))
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Gaussian window 11, sigma 1.5). x, ref: (B, C, H, W) in [-1, 1] -> (B,)"""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    return structural_similarity_index_measure(_to_unit(x), _to_unit(ref), data_range=1.0, reduction="none")
+
+
+def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Central (h, w) window of (..., H, W)."""
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top:top + h, left:left + w]
+
+
+@dataclass(frozen=True)
+class KernelErrors:
+    ncc: float  # normalised cross-correlation (cosine) at the best integer shift
+    mae: float  # mean absolute error at that shift, over the larger support
+    shift: tuple[int, int]  # (rows, cols) applied to the estimate
+
+
+def kernel_errors(est: torch.Tensor, true: torch.Tensor, max_shift: int = 3) -> KernelErrors:
+    """Compare two kernels (K1, K1), (K2, K2) after zero-padding to a common odd size.
+
+    A blur kernel is only identifiable up to a translation (it moves the whole image),
+    so the estimate is shifted by up to ``max_shift`` pixels to best match the truth.
+    """
+    size = max(est.shape[-1], true.shape[-1]) + 2 * max_shift
+    a, b = _pad_to(est.double(), size), _pad_to(true.double(), size)
+    best = None
+    for dr in range(-max_shift, max_shift + 1):
+        for dc in range(-max_shift, max_shift + 1):
+            s = torch.roll(a, (dr, dc), (0, 1))
+            ncc = (s * b).sum() / (s.norm() * b.norm()).clamp_min(1e-12)
+            if best is None or ncc > best[0]:
+                best = (ncc.item(), (s - b).abs(), (dr, dc))
+    n = max(est.shape[-1], true.shape[-1]) ** 2
+    return KernelErrors(ncc=best[0], mae=best[1].sum().item() / n, shift=best[2])
+
+
+def _pad_to(k: torch.Tensor, size: int) -> torch.Tensor:
+    lo = (size - k.shape[-1]) // 2
+    hi = size - k.shape[-1] - lo
+    return F.pad(k, (lo, hi, lo, hi))

@@ -1,0 +1,82 @@
+"""Pictures as uint8 arrays (H, W, 3): kernels side by side, image grids, sample mosaics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ddmops.data import to_image
+
+# viridis at 5 stops, linearly interpolated
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+LABEL_H = 14
+
+
+def colormap(v: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (H, W) -> uint8 (H, W, 3)."""
+    pos = np.clip(v, 0, 1) * (len(_VIRIDIS) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_VIRIDIS) - 2)
+    frac = (pos - lo)[..., None]
+    return (_VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac).round().astype(np.uint8)
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    canvas = Image.new("RGB", (tile.shape[1], tile.shape[0] + LABEL_H), (255, 255, 255))
+    canvas.paste(Image.fromarray(tile), (0, LABEL_H))
+    ImageDraw.Draw(canvas).text((2, 1), text, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _hstack(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    h = max(t.shape[0] for t in tiles)
+    out = []
+    for i, t in enumerate(tiles):
+        pad = np.full((h - t.shape[0], t.shape[1], 3), 255, np.uint8)
+        out.append(np.concatenate([t, pad]))
+        if i < len(tiles) - 1:
+            out.append(np.full((h, gap, 3), 255, np.uint8))
+    return np.concatenate(out, axis=1)
+
+
+def kernels_side_by_side(kernels: dict[str, torch.Tensor], tile: int = 160) -> np.ndarray:
+    """Kernels (K, K) of any sizes, shown on one colour scale (0 to the largest entry)."""
+    size = max(k.shape[-1] for k in kernels.values())
+    vmax = max(k.max().item() for k in kernels.values()) or 1.0
+    tiles = []
+    for name, k in kernels.items():
+        pad = (size - k.shape[-1]) // 2
+        k = torch.nn.functional.pad(k.float(), (pad, pad, pad, pad)).numpy()
+        rgb = colormap(k / vmax)
+        scale = max(1, tile // size)
+        tiles.append(_label(np.kron(rgb, np.ones((scale, scale, 1), np.uint8)), name))
+    return _hstack(tiles)
+
+
+def image_row(images: dict[str, torch.Tensor]) -> np.ndarray:
+    """Labelled images (C, H, W) in [-1, 1], centred on a common height."""
+    return _hstack([_label(_rgb(to_image(x)), name) for name, x in images.items()])
+
+
+def image_grid(rows: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    """One labelled row per dict, stacked vertically."""
+    strips = [image_row(r) for r in rows]
+    w = max(s.shape[1] for s in strips)
+    return np.concatenate([np.pad(s, ((0, 4), (0, w - s.shape[1]), (0, 0)), constant_values=255) for s in strips])
+
+
+def mosaic(x: torch.Tensor, cols: int | None = None) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> one tiled picture."""
+    n = x.shape[0]
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    h, w = x.shape[-2:]
+    out = np.full((rows * (h + 2), cols * (w + 2), 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = _rgb(to_image(x[i]))
+    return out
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img

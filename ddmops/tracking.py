@@ -1,0 +1,180 @@
+"""Experiment tracking. The only library module that imports MLflow (lazily).
+
+Stages talk to a :class:`Tracker`; the CLI hands them an :class:`MlflowTracker`, tests
+and tuning may hand a :class:`NullTracker`. By default runs go to an embedded SQLite
+store ``<workspace>/mlruns.db`` with artifacts under ``<workspace>/mlruns``;
+``MLFLOW_TRACKING_URI`` (a server, another database) overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Protocol
+
+import numpy as np
+
+# Nothing may wait on the network: telemetry and update checks off unless the user says otherwise.
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
+             "DVC_NO_UPDATE_CHECK": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+
+TAG_STAGE, TAG_PIPELINE, TAG_RUN_KEY, TAG_ROLE = "ddmops.stage", "ddmops.pipeline", "ddmops.run_key", "ddmops.role"
+
+
+def quiet_environment() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+class Tracker(Protocol):
+    """What a stage may record. Steps count images seen unless a stage says otherwise; a
+    metric logged without a step lands on the latest step."""
+
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+
+class NullTracker:
+    """Records nothing; keeps the last metrics for callers that want them."""
+
+    run_id = None
+
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def log_image(self, image, artifact_file):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+
+def default_tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlruns.db').resolve()}"
+
+
+class MlflowTracker:
+    """Logs to the active MLflow run opened by :meth:`open`."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.last_step = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, *, root: Path, experiment: str, stage: str, run_key: str, pipeline: str,
+             tags: Mapping[str, str] | None = None) -> Iterator["MlflowTracker"]:
+        """Start (or resume) the run of ``stage`` under the pipeline's parent run (or under the
+        run of `mlflow run`, when called from an MLproject entry point).
+
+        A run that did not finish (killed, failed) with the same ``run_key`` - the
+        stage, its config and its input data - is resumed instead of starting anew, so
+        metrics continue where the checkpoint does. On an exception the run is marked
+        FAILED with the error message as tag ``ddmops.error``.
+        """
+        quiet_environment()
+        import mlflow
+
+        mlflow.set_tracking_uri(default_tracking_uri(root))
+        outer = os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: it becomes the parent
+        if outer:
+            exp_id, parent = mlflow.get_run(outer).info.experiment_id, outer
+        else:
+            exp_id = _experiment_id(mlflow, experiment, root)
+            parent = _pipeline_parent(mlflow, exp_id, pipeline)
+        unfinished = mlflow.search_runs(
+            [exp_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        all_tags = {TAG_STAGE: stage, TAG_PIPELINE: pipeline, TAG_RUN_KEY: run_key, **(tags or {})}
+        if unfinished:
+            run = mlflow.start_run(run_id=unfinished[0].info.run_id)
+            mlflow.set_tags({**all_tags, "ddmops.resumed": "true"})
+        else:
+            run = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=all_tags)
+        try:
+            yield cls(run.info.run_id)
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:4000]
+            mlflow.set_tag("ddmops.error", reason)
+            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
+
+    def log_params(self, params):
+        import mlflow
+        flat = {k: _param_str(v) for k, v in params.items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            mlflow.log_params(dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics, step=None):
+        """Log finite values at ``step``; without one, at the latest step logged so far (so a
+        final summary is what the run's 'latest value' shows)."""
+        import mlflow
+        self.last_step = max(self.last_step, step or 0)
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if finite:
+            mlflow.log_metrics(finite, step=self.last_step if step is None else step)
+
+    def log_image(self, image, artifact_file):
+        import mlflow
+        mlflow.log_image(image, artifact_file=artifact_file)
+
+    def log_artifact(self, path, artifact_path=None):
+        import mlflow
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags):
+        import mlflow
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def _param_str(value: Any) -> str:
+    text = str(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _experiment_id(mlflow, name: str, root: Path) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # embedded store: artifacts beside it
+        location = (Path(root) / "mlruns").resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _pipeline_parent(mlflow, exp_id: str, pipeline: str) -> str:
+    """The run grouping every stage run of one params version (created on first use)."""
+    found = mlflow.search_runs([exp_id], filter_string=f"tags.`{TAG_PIPELINE}` = '{pipeline}' and "
+                               f"tags.`{TAG_ROLE}` = 'pipeline'", max_results=1, output_format="list")
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(exp_id, run_name=f"pipeline-{pipeline}",
+                            tags={TAG_PIPELINE: pipeline, TAG_ROLE: "pipeline"})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+

@@ -1,0 +1,19 @@
+"""What every stage function receives besides its own config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ddmops.tracking import NullTracker, Tracker
+from ddmops.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class StageContext:
+    ws: Workspace
+    tracker: Tracker = field(default_factory=NullTracker)
+    device: torch.device = torch.device("cpu")
+    run_key: str = ""  # identifies stage + config + inputs: checkpoints resume only on a match
+    progress: bool = True

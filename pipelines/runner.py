@@ -1,0 +1,70 @@
+"""Run one stage the way dvc.yaml, MLproject and the CLI all do: tracked, described, recorded."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import ddmops
+from ddmops.config import Params
+from ddmops.device import pick_device
+from ddmops.errors import ConfigError
+from ddmops.hashing import config_digest, path_digest
+from ddmops.io import write_json
+from ddmops.strict import flatten, to_dict
+from ddmops.tracking import MlflowTracker
+from ddmops.workspace import Workspace
+from pipelines import STAGES, Stage
+from pipelines.context import StageContext
+
+
+def resolve(name: str, item: str | None) -> Stage:
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    stage = STAGES[name]
+    if stage.items and item not in stage.items:
+        raise ConfigError(f"stage {name!r} needs one of {list(stage.items)} (got {item!r})")
+    if not stage.items and item is not None:
+        raise ConfigError(f"stage {name!r} takes no item (got {item!r})")
+    return stage
+
+
+def stage_config(stage: Stage, params: Params, item: str | None):
+    cfg = getattr(params, stage.section)
+    return getattr(cfg, item) if item else cfg
+
+
+def run_stage(name: str, params: Params, root: Path, item: str | None = None, device: str | None = None,
+              progress: bool = True) -> dict[str, float]:
+    """Run stage ``name`` in workspace ``root`` inside an MLflow run; write its metrics file."""
+    stage = resolve(name, item)
+    cfg = stage_config(stage, params, item)
+    ws = Workspace(Path(root), params.paths)
+    dev = pick_device(device)
+    digests = {str(p.relative_to(ws.root)) if p.is_relative_to(ws.root) else str(p): path_digest(p)
+               for p in stage.inputs(ws)}
+    section = f"{stage.section}.{item}" if item else stage.section
+    run_key = config_digest(name, item, to_dict(cfg), digests)
+    tags = {"ddmops.item": item or "", "ddmops.device": str(dev), "ddmops.git_commit": _git_commit(ws.root),
+            "ddmops.version": ddmops.__version__, "ddmops.torch": torch.__version__,
+            "ddmops.python": platform.python_version(),
+            **{f"ddmops.data.{k}": v for k, v in digests.items()}}
+    with MlflowTracker.open(root=ws.root, experiment=params.tracking.experiment, stage=stage.output_name(item),
+                            run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags) as tracker:
+        tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
+        ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress)
+        metrics = {k: float(v) for k, v in stage.run(cfg, ctx, *([item] if item else [])).items()}
+        tracker.log_metrics(metrics)
+        write_json(ws.metrics_file(stage.output_name(item)), metrics)
+    return metrics
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""

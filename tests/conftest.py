@@ -1,0 +1,56 @@
+"""Shared fixtures: a seeded generator, and a workspace built from the real params.yaml, shrunk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ddmops.strict import apply_overrides
+from ddmops.tracking import quiet_environment
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The project's own params.yaml with every length cut down: the whole pipeline in about a minute.
+TINY = [
+    "prepare.max_side=96", "prepare.test_size=40", "prepare.test_crops=2",
+    "prepare.kernel.size=5", "prepare.kernel.std=[1.0, 1.0]",
+    *[f"train_prior.{d}.{k}" for d in ("degraded", "clean") for k in (
+        "model.channels=8", "patch_size=16", "images=512", "batch_size=16", "log_every=128",
+        "sample_every=256", "checkpoint_every=256", "eval_patches=8", "sample_steps=2")],
+    "learn_operator.kernel_size=5", "learn_operator.images=256", "learn_operator.batch_size=16",
+    "learn_operator.log_every=64", "learn_operator.plot_every=128", "learn_operator.checkpoint_every=128",
+    "invert.steps=3", "invert.cg_iters=5",
+]
+
+quiet_environment()
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def write_workspace(path: Path, overrides: list[str] = ()) -> Path:
+    """Copy the project's pipeline files into ``path`` with the tiny params; returns params.yaml."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    apply_overrides(data, TINY + list(overrides))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", path / "dvc.yaml")
+    (path / "data" / "source").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "data" / "source" / "README.md", path / "data" / "source" / "README.md")
+    return path / "params.yaml"
+
+
+@pytest.fixture
+def tiny_workspace(tmp_path, monkeypatch) -> Path:
+    """A workspace folder with the tiny params, MLflow pointed at its own SQLite store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return write_workspace(tmp_path / "ws").parent

@@ -1,0 +1,63 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from ddmops.config import Params, load_params
+from ddmops.errors import ConfigError
+from ddmops.strict import apply_overrides, flatten, from_dict, to_dict
+from tests.conftest import REPO
+
+
+def test_project_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.train_prior.degraded.flips is False  # asymmetric kernels must not be flipped
+
+
+def test_unknown_key_names_path_and_suggestion(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"train_prior": {"clean": {"batch_sise": 4}}}))
+    with pytest.raises(ConfigError) as exc:
+        load_params(p)
+    msg = str(exc.value)
+    assert "train_prior.clean.batch_sise" in msg and "batch_size" in msg and str(p) in msg
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("prepare.noise_sigma=abc", "expected a number"),
+    ("prepare.channels=2", "not one of"),
+    ("train_prior.clean.flips=1", "expected true or false"),
+    ("prepare.kernel.size=4", "odd"),
+    ("learn_operator.betas=[0.9]", "expected 2 values"),
+    ("prepare.test_fraction=1.5", "must lie in"),
+    ("invert=3", "expected a mapping"),
+])
+def test_bad_values_rejected(override, fragment):
+    data = apply_overrides({}, [override])
+    with pytest.raises(ConfigError, match=fragment):
+        from_dict(Params, data)
+
+
+def test_round_trip_params_config_params():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = from_dict(Params, raw)
+    again = from_dict(Params, to_dict(params))
+    assert again == params
+    # every key of the file survives the round trip with its value
+    flat_file, flat_cfg = flatten(raw), flatten(to_dict(params))
+    for key, value in flat_file.items():
+        assert flat_cfg[key] == (list(value) if isinstance(value, tuple) else value), key
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({}, ["a.b=3", "a.c=[1, 2]", "d=true", "e=0.5"])
+    assert data == {"a": {"b": 3, "c": [1, 2]}, "d": True, "e": 0.5}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_configs_are_frozen():
+    params = Params()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.prepare.seed = 3  # type: ignore[misc]

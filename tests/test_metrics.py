@@ -1,0 +1,35 @@
+import math
+
+import torch
+
+from ddmops.metrics import center_crop, kernel_errors, psnr, ssim
+from ddmops.operators.kernels import gaussian_kernel
+
+
+def test_psnr_known_value():
+    ref = torch.zeros(2, 3, 8, 8)
+    x = ref + 0.2  # 0.1 on the [0, 1] scale -> MSE 0.01 -> 20 dB
+    torch.testing.assert_close(psnr(x, ref), torch.full((2,), 20.0))
+
+
+def test_ssim_identity_is_one(generator):
+    x = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    torch.testing.assert_close(ssim(x, x), torch.ones(2))
+
+
+def test_kernel_errors_shift_invariant():
+    k = gaussian_kernel(9, (2.0, 1.0), angle=20.0)
+    shifted = torch.roll(torch.nn.functional.pad(k, (2, 2, 2, 2)), (1, -2), (0, 1))
+    err = kernel_errors(shifted, k)
+    assert err.ncc > 1 - 1e-9 and err.mae < 1e-9 and err.shift == (-1, 2)
+
+
+def test_kernel_errors_floor_values():
+    k = gaussian_kernel(5, (100.0, 100.0))  # nearly uniform 5x5
+    err = kernel_errors(torch.ones(1, 1), k)
+    assert math.isclose(err.ncc, 0.2, rel_tol=1e-3)  # cos(delta, uniform) = 1/sqrt(25)
+
+
+def test_center_crop():
+    x = torch.arange(36.0).reshape(1, 1, 6, 6)
+    assert center_crop(x, 2, 4).tolist() == [[[[13.0, 14.0, 15.0, 16.0], [19.0, 20.0, 21.0, 22.0]]]]

@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+from ddmops.errors import DataError
+from ddmops.operators.blur import Blur, convolve
+from ddmops.operators.kernels import (center_of_mass, gaussian_kernel, load_kernel, motion_kernel,
+                                      resize_kernel, validate_kernel)
+
+
+def linear_operators(g):
+    k = torch.rand(7, 7, generator=g)
+    k = k / k.sum()
+    return [Blur(k, "valid"), Blur(k, "reflect"), Blur(k, "circular")]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_adjointness_odd_sizes(index, generator):
+    """<A x, y> == <x, A^T y> on a 37 x 31 image, for every linear operator."""
+    op = linear_operators(generator)[index].double()
+    x = torch.randn(2, 3, 37, 31, generator=generator, dtype=torch.float64)
+    ax = op.A(x)
+    y = torch.randn(ax.shape, generator=generator, dtype=torch.float64)
+    aty = op.A_adjoint(y)
+    assert aty.shape == x.shape
+    lhs, rhs = (ax * y).sum(), (x * aty).sum()
+    assert abs(lhs - rhs) / abs(lhs) < 1e-10
+
+
+def test_valid_blur_matches_direct_convolution(generator):
+    """Flipped-kernel convention: y[i, j] = sum_ab k[a, b] x[i + K-1 - a, j + K-1 - b]."""
+    k = torch.rand(3, 3, generator=generator)
+    x = torch.randn(1, 1, 6, 5, generator=generator)
+    y = convolve(x, k, "valid")
+    ref = torch.zeros(1, 1, 4, 3)
+    for i in range(4):
+        for j in range(3):
+            for a in range(3):
+                for b in range(3):
+                    ref[0, 0, i, j] += k[a, b] * x[0, 0, i + 2 - a, j + 2 - b]
+    torch.testing.assert_close(y, ref)
+
+
+def test_per_image_kernels(generator):
+    x = torch.randn(2, 3, 12, 12, generator=generator)
+    ks = torch.rand(2, 5, 5, generator=generator)
+    out = convolve(x, ks)
+    for b in range(2):
+        torch.testing.assert_close(out[b:b + 1], convolve(x[b:b + 1], ks[b]))
+
+
+def test_blur_rejects_even_kernel():
+    with pytest.raises(ValueError, match="odd"):
+        Blur(torch.ones(4, 4) / 16)
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: gaussian_kernel(9, (1.5, 1.5)),
+    lambda g: gaussian_kernel(15, (3.0, 1.0), angle=30.0),
+    lambda g: motion_kernel(15, 0.5, g),
+    lambda g: motion_kernel(21, 1.0, g),
+])
+def test_generated_kernels_are_valid(make, generator):
+    k = make(generator)
+    assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    assert (k >= 0).all()
+    assert abs(k.sum().item() - 1) < 1e-6
+    c = (k.shape[0] - 1) / 2
+    assert (center_of_mass(k) - c).abs().max() <= 0.5 + 1e-6  # centred to the nearest pixel
+
+
+def test_gaussian_kernel_moments():
+    k = gaussian_kernel(41, (3.0, 1.0), angle=90.0).double()  # rotated by 90: long axis vertical
+    idx = torch.arange(41, dtype=torch.float64) - 20
+    var_rows = (k.sum(1) * idx ** 2).sum()
+    var_cols = (k.sum(0) * idx ** 2).sum()
+    assert abs(var_rows - 9.0) < 0.05 and abs(var_cols - 1.0) < 0.05
+
+
+def test_motion_kernel_is_seeded():
+    a = motion_kernel(15, 0.7, torch.Generator().manual_seed(3))
+    b = motion_kernel(15, 0.7, torch.Generator().manual_seed(3))
+    c = motion_kernel(15, 0.7, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("array, fragment", [
+    (np.ones((4, 4)) / 16, "odd side"),
+    (np.ones((3, 5)) / 15, "odd side"),
+    (np.full((3, 3), np.nan), "NaN"),
+    (np.array([[0, 0, 0], [0, 1.5, 0], [0, 0, -0.5]]), "negative"),
+    (np.ones((3, 3)), "sums to 9"),
+])
+def test_validate_kernel_errors(array, fragment):
+    with pytest.raises(DataError, match=fragment):
+        validate_kernel(array, "psf.npy")
+
+
+def test_load_kernel_from_stack(tmp_path):
+    stack = np.stack([gaussian_kernel(5, (1.0, 1.0)).numpy(), gaussian_kernel(5, (2.0, 2.0)).numpy()])
+    np.save(tmp_path / "k.npy", stack)
+    torch.testing.assert_close(load_kernel(tmp_path / "k.npy", 1), torch.from_numpy(stack[1]))
+    with pytest.raises(DataError, match="index 2"):
+        load_kernel(tmp_path / "k.npy", 2)
+    with pytest.raises(DataError, match="not found"):
+        load_kernel(tmp_path / "missing.npy")
+
+
+def test_resize_kernel_keeps_centre():
+    k = gaussian_kernel(5, (1.0, 1.0))
+    big = resize_kernel(k, 9)
+    assert big.shape == (9, 9) and torch.allclose(big[2:7, 2:7], k)
+    torch.testing.assert_close(resize_kernel(big, 5), k)
