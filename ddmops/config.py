@@ -191,7 +191,7 @@ class InvertConfig:
     """DiffPIR-style plug-and-play restoration with the clean flow prior (DDM4IP step 3)."""
 
     steps: int = 20
-    lam: float = 7.0  # DiffPIR lambda: data-term weight rho_k = lam * sigma_n^2 / sigma_k^2
+    lam: float = 7.0  # data-term weight rho_k = lam * sigma_n^2 / sigma_k^2 (sigmas in [-1, 1] units)
     zeta: float = 0.3  # share of fresh noise when re-noising
     cg_iters: int = 20
     noise_sigma: float | None = None  # None: the level recorded by `prepare`

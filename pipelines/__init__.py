@@ -23,6 +23,7 @@ class Stage:
     inputs: Callable[[Workspace], list[Path]]  # files/folders whose content the stage reads
     items: tuple[str, ...] = ()  # a stage run once per item (its config is section.<item>)
     help: str = ""
+    distributed: bool = False  # may run under torchrun with several processes
 
     def output_name(self, item: str | None) -> str:
         return f"{self.name}-{item}" if item else self.name
@@ -32,7 +33,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", "prepare", prepare.run, lambda ws: [ws.path("source")],
           help="unpaired clean / degraded sets and paired test images"),
     Stage("train-prior", "train_prior", train_prior.run, lambda ws: [ws.path("prepared")], items=DOMAINS,
-          help="flow-matching prior of one domain (degraded: DDM4IP step 1; clean: for restoration)"),
+          help="flow-matching prior of one domain (degraded: DDM4IP step 1; clean: for restoration)",
+          distributed=True),
     Stage("learn-operator", "learn_operator", learn_operator.run,
           lambda ws: [ws.path("prepared"), ws.path("priors", "degraded")],
           help="the blur kernel by distribution matching (DDM4IP step 2)"),

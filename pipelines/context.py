@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ddmops.distributed import Dist
 from ddmops.tracking import NullTracker, Tracker
 from ddmops.workspace import Workspace
 
@@ -17,3 +18,4 @@ class StageContext:
     device: torch.device = torch.device("cpu")
     run_key: str = ""  # identifies stage + config + inputs: checkpoints resume only on a match
     progress: bool = True
+    dist: Dist = field(default_factory=Dist)  # process group under torchrun (train-prior only)

@@ -11,6 +11,7 @@ import torch
 import ddmops
 from ddmops.config import Params
 from ddmops.device import pick_device
+from ddmops.distributed import from_environment, shutdown
 from ddmops.errors import ConfigError
 from ddmops.hashing import config_digest, path_digest
 from ddmops.io import write_json
@@ -39,27 +40,46 @@ def stage_config(stage: Stage, params: Params, item: str | None):
 
 def run_stage(name: str, params: Params, root: Path, item: str | None = None, device: str | None = None,
               progress: bool = True) -> dict[str, float]:
-    """Run stage ``name`` in workspace ``root`` inside an MLflow run; write its metrics file."""
+    """Run stage ``name`` in workspace ``root`` inside an MLflow run; write its metrics file.
+
+    Under torchrun (WORLD_SIZE > 1) a distributed stage joins the process group; only
+    rank 0 tracks and writes.
+    """
     stage = resolve(name, item)
     cfg = stage_config(stage, params, item)
     ws = Workspace(Path(root), params.paths)
     dev = pick_device(device)
+    dist = from_environment(dev)
+    if dist.world > 1 and not stage.distributed:
+        raise ConfigError(f"stage {name!r} does not run under torchrun with several processes")
+    if dist.world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
     digests = {str(p.relative_to(ws.root)) if p.is_relative_to(ws.root) else str(p): path_digest(p)
                for p in stage.inputs(ws)}
-    section = f"{stage.section}.{item}" if item else stage.section
     run_key = config_digest(name, item, to_dict(cfg), digests)
-    tags = {"ddmops.item": item or "", "ddmops.device": str(dev), "ddmops.git_commit": _git_commit(ws.root),
-            "ddmops.version": ddmops.__version__, "ddmops.torch": torch.__version__,
-            "ddmops.python": platform.python_version(),
-            **{f"ddmops.data.{k}": v for k, v in digests.items()}}
-    with MlflowTracker.open(root=ws.root, experiment=params.tracking.experiment, stage=stage.output_name(item),
-                            run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags) as tracker:
-        tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
-        ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress)
-        metrics = {k: float(v) for k, v in stage.run(cfg, ctx, *([item] if item else [])).items()}
-        tracker.log_metrics(metrics)
-        write_json(ws.metrics_file(stage.output_name(item)), metrics)
-    return metrics
+    try:
+        if not dist.is_main:  # untracked helper process: its results are rank 0's
+            _call(stage, cfg, StageContext(ws=ws, device=dev, run_key=run_key, progress=False, dist=dist), item)
+            return {}
+        tags = {"ddmops.item": item or "", "ddmops.device": str(dev), "ddmops.processes": str(dist.world),
+                "ddmops.git_commit": _git_commit(ws.root), "ddmops.version": ddmops.__version__,
+                "ddmops.torch": torch.__version__, "ddmops.python": platform.python_version(),
+                **{f"ddmops.data.{k}": v for k, v in digests.items()}}
+        section = f"{stage.section}.{item}" if item else stage.section
+        with MlflowTracker.open(root=ws.root, experiment=params.tracking.experiment, stage=stage.output_name(item),
+                                run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags) as tracker:
+            tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
+            ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist)
+            metrics = _call(stage, cfg, ctx, item)
+            tracker.log_metrics(metrics)
+            write_json(ws.metrics_file(stage.output_name(item)), metrics)
+        return metrics
+    finally:
+        shutdown()
+
+
+def _call(stage: Stage, cfg, ctx: StageContext, item: str | None) -> dict[str, float]:
+    return {k: float(v) for k, v in stage.run(cfg, ctx, *([item] if item else [])).items()}
 
 
 def _git_commit(root: Path) -> str:

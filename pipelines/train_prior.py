@@ -37,9 +37,10 @@ def run(cfg: PriorConfig, ctx: StageContext, domain: str) -> dict[str, float]:
     prior, result = train_prior(
         cfg, sampler, val, img_channels=meta["channels"], device=ctx.device, tracker=ctx.tracker,
         checkpoint=checkpoint, run_key=ctx.run_key, on_samples=on_samples, progress=ctx.progress,
-        meta={"domain": domain, "patch_size": cfg.patch_size, "noise_sigma": meta["noise_sigma"]})
-    prior.save(out / PRIOR_FILE)
-    ctx.tracker.log_artifact(out / PRIOR_FILE, "model")
+        meta={"domain": domain, "patch_size": cfg.patch_size, "noise_sigma": meta["noise_sigma"]}, dist=ctx.dist)
+    if ctx.dist.is_main:
+        prior.save(out / PRIOR_FILE)
+        ctx.tracker.log_artifact(out / PRIOR_FILE, "model")
     return {"loss/train": result.train_loss, "loss/val": result.val_loss, "train/steps": result.steps,
             "train/images": result.images, "train/seconds": result.seconds,
             "speed/images_per_sec": result.images_per_sec, "model/parameters": result.parameters}

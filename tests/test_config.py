@@ -61,3 +61,8 @@ def test_configs_are_frozen():
     params = Params()
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.prepare.seed = 3  # type: ignore[misc]
+
+
+def test_gpu_profile_loads():
+    params = load_params(REPO / "params-gpu.yaml")
+    assert params.train_prior.clean.patch_size >= 64 and params.train_prior.clean.precision == "bf16"

@@ -1,4 +1,4 @@
-"""Training of a flow-matching prior, with EMA, checkpoints and resume."""
+"""Training of a flow-matching prior: EMA, mixed precision, data parallelism, checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from ddmops.config import PriorConfig
 from ddmops.data import PatchSampler
+from ddmops.distributed import Dist
 from ddmops.errors import TrainingError
 from ddmops.flow import path as fpath
 from ddmops.flow.ema import Ema
@@ -35,18 +36,30 @@ class PriorTrainResult:
     parameters: int
 
 
-def flow_matching_loss(net: torch.nn.Module, x: torch.Tensor, generator: torch.Generator,
-                       time_sampling: str = "uniform", **net_kw) -> torch.Tensor:
-    """mean ||v(x_t, t) - (x - eps)||^2 with x_t = (1 - t) eps + t x. x: (B, C, H, W)."""
-    eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x)
-    t = fpath.sample_t(x.shape[0], generator, time_sampling).to(x)
+def draw_noise(shape: torch.Size, generator: torch.Generator,
+               time_sampling: str = "uniform") -> tuple[torch.Tensor, torch.Tensor]:
+    """eps (shape) and t (shape[0],) on the generator's device."""
+    eps = torch.randn(shape, generator=generator, device=generator.device)
+    return eps, fpath.sample_t(shape[0], generator, time_sampling)
+
+
+def velocity_loss(net: Callable, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, **net_kw) -> torch.Tensor:
+    """mean ||v(x_t, t) - (x - eps)||^2 with x_t = (1 - t) eps + t x. x, eps: (B, C, H, W); t: (B,)."""
+    eps, t = eps.to(x), t.to(x)
     v = net(fpath.interpolate(x, eps, t), t, **net_kw)
     return torch.mean((v.float() - fpath.target_velocity(x, eps).float()) ** 2)
 
 
+def flow_matching_loss(net: Callable, x: torch.Tensor, generator: torch.Generator,
+                       time_sampling: str = "uniform", **net_kw) -> torch.Tensor:
+    """The conditional flow-matching loss with fresh noise and times from ``generator``."""
+    eps, t = draw_noise(x.shape, generator, time_sampling)
+    return velocity_loss(net, x, eps, t, **net_kw)
+
+
 @torch.no_grad()
 def heldout_loss(net: torch.nn.Module, patches: torch.Tensor, seed: int = 1234, batch: int = 64) -> float:
-    """Flow-matching loss on fixed patches with fixed noise and times (comparable across steps)."""
+    """Flow-matching loss on fixed patches with fixed noise and stratified times (comparable across steps)."""
     device = next(net.parameters()).device
     g = torch.Generator().manual_seed(seed)
     was_training = net.training
@@ -55,112 +68,130 @@ def heldout_loss(net: torch.nn.Module, patches: torch.Tensor, seed: int = 1234, 
     for i in range(0, len(patches), batch):
         x = patches[i:i + batch]
         eps = torch.randn(x.shape, generator=g)
-        t = (torch.arange(len(x)) + 0.5 + i) / len(patches)  # stratified times, independent of batch
-        x_t = fpath.interpolate(x, eps, t)
-        v = net(x_t.to(device), t.to(device))
+        t = (torch.arange(len(x)) + 0.5 + i) / len(patches)
+        v = net(fpath.interpolate(x, eps, t).to(device), t.to(device))
         total += torch.sum((v.cpu() - fpath.target_velocity(x, eps)) ** 2).item() / x[0].numel()
     net.train(was_training)
     return total / len(patches)
 
 
+class _State:
+    """Network, EMA, optimiser and generators: everything a checkpoint must restore."""
+
+    def __init__(self, cfg: PriorConfig, arch: UNetArch, device: torch.device):
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed only
+            torch.manual_seed(cfg.seed)
+            self.net = VelocityUNet(arch).to(device)
+        self.ema = Ema(self.net, cfg.ema.kind, cfg.ema.decay, cfg.ema.std)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.step = 0
+
+    def state_dict(self, run_key: str) -> dict:
+        return {"run_key": run_key, "step": self.step, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(), "data_gen": self.data_gen.get_state(),
+                "noise_gen": self.noise_gen.get_state().cpu()}
+
+    def resume(self, checkpoint: Path, run_key: str, device: torch.device) -> None:
+        """Load ``checkpoint`` if it belongs to the same run (same stage, config and data)."""
+        if not checkpoint.exists():
+            return
+        state = load_checkpoint(checkpoint, map_location=device)
+        if state.get("run_key") != run_key:
+            return
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.data_gen.set_state(state["data_gen"])
+        self.noise_gen.set_state(state["noise_gen"].to(self.noise_gen.get_state().device))
+        self.step = int(state["step"])
+
+
 def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tensor, *, img_channels: int,
                 device: torch.device, tracker: Tracker, checkpoint: Path, run_key: str, meta: dict,
                 on_samples: Callable[[torch.Tensor, int], None] | None = None,
-                progress: bool = True) -> tuple[FlowPrior, PriorTrainResult]:
+                progress: bool = True, dist: Dist = Dist()) -> tuple[FlowPrior, PriorTrainResult]:
     """Train a prior on crops from ``sampler``; resume from ``checkpoint`` if it matches ``run_key``.
 
     val_patches: (N, C, P, P) held-out crops. Metrics are logged with step = images seen.
-    Returns the EMA prior and a summary.
+    Under ``dist`` each process trains on its slice of every global batch; only the main
+    process logs, samples and writes checkpoints. Returns the EMA prior and a summary.
     """
-    arch = UNetArch.from_config(cfg.model, img_channels, cfg.patch_size)
-    with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed only
-        torch.manual_seed(cfg.seed)
-        net = VelocityUNet(arch).to(device)
-    ema = Ema(net, cfg.ema.kind, cfg.ema.decay, cfg.ema.std)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     per_step = cfg.batch_size * cfg.accumulation
     total_steps = cfg.images // per_step
-    step = 0
-
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location=device)
-        if state.get("run_key") == run_key:
-            net.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            data_gen.set_state(state["data_gen"])
-            noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
-            step = int(state["step"])
-
-    def save() -> None:
-        save_checkpoint(checkpoint, {"run_key": run_key, "step": step, "model": net.state_dict(),
-                                     "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                     "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state().cpu()})
-
-    n_params = count_parameters(net)
-    tracker.log_metrics({"model/parameters": n_params}, step=0)
+    s = _State(cfg, UNetArch.from_config(cfg.model, img_channels, cfg.patch_size), device)
+    s.resume(checkpoint, run_key, device)
+    model = dist.wrap(s.net, device)
+    shard = dist.shard(cfg.batch_size)
+    n_params = count_parameters(s.net)
     use_amp = device.type == "cuda" and cfg.precision != "fp32"
     amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
+    start_step, val_loss, last_loss = s.step, math.nan, math.nan
     window, window_start, t_start = [], time.perf_counter(), time.perf_counter()
-    start_step, val_loss = step, math.nan
+    if dist.is_main:
+        tracker.log_metrics({"model/parameters": n_params}, step=0)
 
     def crossed(every: int) -> bool:
-        return (step * per_step) // every != ((step - 1) * per_step) // every
+        return (s.step * per_step) // every != ((s.step - 1) * per_step) // every
 
     def evaluate() -> float:
         """Held-out loss and a sample mosaic from fixed noise, logged at the current step."""
-        loss = heldout_loss(ema.model, val_patches)
-        tracker.log_metrics({"loss/val": loss}, step=step * per_step)
+        loss = heldout_loss(s.ema.model, val_patches)
+        tracker.log_metrics({"loss/val": loss}, step=s.step * per_step)
         if on_samples is not None:
             g = torch.Generator(device=device).manual_seed(cfg.seed + 99)
             shape = (16, img_channels, cfg.patch_size, cfg.patch_size)
-            on_samples(FlowPrior(ema.model).sample(shape, g, cfg.sample_steps), step * per_step)
+            on_samples(FlowPrior(s.ema.model).sample(shape, g, cfg.sample_steps), s.step * per_step)
         return loss
 
-    net.train()
-    with progress_bar(f"train prior ({meta.get('domain', '')})", total_steps, step, progress) as bar:
-        while step < total_steps:
-            set_lr(opt, cfg.lr * lr_factor(cfg.lr_decay, step, total_steps))
-            opt.zero_grad(set_to_none=True)
-            for _ in range(cfg.accumulation):
-                x = sampler.sample(cfg.batch_size, data_gen).to(device)
-                ctx = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-                with ctx:
-                    loss = flow_matching_loss(net, x, noise_gen, cfg.time_sampling)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"non-finite flow-matching loss at step {step} "
-                                        f"(images {step * per_step}); last good checkpoint kept at {checkpoint}")
-                scaler.scale(loss / cfg.accumulation).backward()
+    s.net.train()
+    with progress_bar(f"train prior ({meta.get('domain', '')})", total_steps, s.step,
+                      progress and dist.is_main) as bar:
+        while s.step < total_steps:
+            set_lr(s.opt, cfg.lr * lr_factor(cfg.lr_decay, s.step, total_steps))
+            s.opt.zero_grad(set_to_none=True)
+            for micro in range(cfg.accumulation):
+                x = sampler.sample(cfg.batch_size, s.data_gen)  # the global batch, same on every rank
+                eps, t = draw_noise(x.shape, s.noise_gen, cfg.time_sampling)
+                sync = micro == cfg.accumulation - 1 or dist.world == 1
+                with (contextlib.nullcontext() if sync else model.no_sync()):
+                    with torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
+                        loss = velocity_loss(model, x[shard].to(device), eps[shard], t[shard])
+                    scaler.scale(loss / cfg.accumulation).backward()
                 window.append(loss.item())
-            scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.unscale_(s.opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(s.net.parameters(), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
-                raise TrainingError(f"non-finite gradient at step {step}; last good checkpoint kept at {checkpoint}")
-            scaler.step(opt)
+                raise TrainingError(f"non-finite flow-matching loss or gradient at step {s.step} (images "
+                                    f"{s.step * per_step}); the last good checkpoint is kept at {checkpoint}")
+            scaler.step(s.opt)
             scaler.update()
-            ema.update(net)
-            step += 1
-            images = step * per_step
-            if crossed(cfg.log_every) or step == total_steps:
+            s.ema.update(s.net)
+            s.step += 1
+            images = s.step * per_step
+            if crossed(cfg.log_every) or s.step == total_steps:
+                last_loss = dist.mean(sum(window) / len(window))
                 elapsed = time.perf_counter() - window_start
-                tracker.log_metrics({"loss/train": sum(window) / len(window), "lr": opt.param_groups[0]["lr"],
-                                     "grad_norm": grad_norm.item(), "speed/it_per_sec": len(window) / cfg.accumulation / elapsed,
-                                     "speed/images_per_sec": len(window) * cfg.batch_size / elapsed}, step=images)
-                bar.update(step, f"loss {sum(window) / len(window):.4f}")
-                last_loss, window, window_start = sum(window) / len(window), [], time.perf_counter()
-            if crossed(cfg.sample_every) or step == total_steps:
+                if dist.is_main:
+                    tracker.log_metrics({"loss/train": last_loss, "lr": s.opt.param_groups[0]["lr"],
+                                         "grad_norm": grad_norm.item(),
+                                         "speed/it_per_sec": len(window) / cfg.accumulation / elapsed,
+                                         "speed/images_per_sec": len(window) * cfg.batch_size / elapsed},
+                                        step=images)
+                bar.update(s.step, f"loss {last_loss:.4f}")
+                window, window_start = [], time.perf_counter()
+            if dist.is_main and (crossed(cfg.sample_every) or s.step == total_steps):
                 val_loss = evaluate()
-            if crossed(cfg.checkpoint_every) or step == total_steps:
-                save()
+            if dist.is_main and (crossed(cfg.checkpoint_every) or s.step == total_steps):
+                save_checkpoint(checkpoint, s.state_dict(run_key))
 
     seconds = time.perf_counter() - t_start
-    if start_step == total_steps:  # resumed a finished run: nothing trained now
-        val_loss, last_loss = evaluate(), math.nan
-    done = step - start_step
-    result = PriorTrainResult(steps=step, images=step * per_step, train_loss=last_loss, val_loss=val_loss,
+    if start_step == total_steps and dist.is_main:  # resumed a finished run: nothing trained now
+        val_loss = evaluate()
+    done = s.step - start_step
+    result = PriorTrainResult(steps=s.step, images=s.step * per_step, train_loss=last_loss, val_loss=val_loss,
                               seconds=seconds, images_per_sec=done * per_step / seconds if done else 0.0,
                               parameters=n_params)
-    return FlowPrior(ema.model, meta), result
+    return FlowPrior(s.ema.model, meta), result
