@@ -28,6 +28,7 @@ class Paths:
     priors: str = "models/priors"
     operator: str = "models/operator"
     restored: str = "outputs/restored"
+    tasks: str = "outputs/tasks"  # DCDP / DPS restorations, one folder per task
     metrics: str = "metrics"
     reports: str = "reports"
     checkpoints: str = ".checkpoints"
@@ -201,6 +202,85 @@ class InvertConfig:
 
 
 @dataclass(frozen=True)
+class TaskOperatorConfig:
+    """The forward model of a restoration task (seeded where random)."""
+
+    kind: Literal["blur", "sr", "inpaint", "phase", "camera", "learned"] = "blur"
+    kernel: KernelSpec = field(default_factory=KernelSpec)  # blur, camera; sr with sr_kernel 'kernel'
+    factor: int = 4  # sr
+    sr_kernel: Literal["bicubic", "kernel"] = "bicubic"
+    mask: Literal["box", "random"] = "box"  # inpaint
+    box: tuple[int, int] = (24, 24)
+    missing: tuple[float, float] = (0.3, 0.7)  # random mask: P(missing) ~ U(low, high) per image
+    oversampling: float = 2.0  # phase
+    gain: float = 1.3  # camera: exposure gain before the sensor saturates
+    gamma: float = 2.2
+    source: str = ""  # learned: a .npy kernel file or an MLflow model URI
+
+    def __post_init__(self):
+        if self.factor < 1:
+            raise ValueError(f"factor must be >= 1, got {self.factor}")
+        if not 0 <= self.missing[0] <= self.missing[1] <= 1:
+            raise ValueError(f"missing must satisfy 0 <= low <= high <= 1, got {self.missing}")
+        if self.kind == "learned" and not self.source:
+            raise ValueError("operator kind 'learned' needs operator.source")
+
+
+@dataclass(frozen=True)
+class DcdpConfig:
+    iterations: int = 10  # K
+    inner_steps: int = 100  # N gradient steps per data-consistency phase
+    lr: float = 1.0  # on sum_images 0.5 ||y - A(x)||^2
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    prox_weight: float = 0.0
+    t_start: int = 400  # T_0 on the 1000-step DDPM scale
+    t_end: int = 0
+    schedule: Literal["linear", "cosine"] = "linear"
+    ode_steps: int = 20  # M, for purify 'ode'
+    init: Literal["zeros", "adjoint"] = "zeros"
+
+    def __post_init__(self):
+        if not (0 <= self.t_end <= self.t_start <= 1000 and self.t_start >= 1):
+            raise ValueError(f"need 0 <= t_end <= t_start <= 1000, got {self.t_end}, {self.t_start}")
+        if self.iterations > self.t_start:
+            raise ValueError(f"iterations ({self.iterations}) cannot exceed t_start ({self.t_start})")
+
+
+@dataclass(frozen=True)
+class DpsConfig:
+    steps: int = 100
+    zeta: float = 1.0
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    operator: TaskOperatorConfig = field(default_factory=TaskOperatorConfig)
+    noise_sigma: float = 0.05
+    dcdp: DcdpConfig = field(default_factory=DcdpConfig)
+    dps: DpsConfig = field(default_factory=DpsConfig)
+
+
+TASKS: tuple[str, ...] = ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting", "superres",
+                          "phase_retrieval")
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """DCDP and DPS restoration of the held-out test images, one section per task."""
+
+    images: int = 4  # how many test images
+    batch_size: int = 4
+    seed: int = 0
+    gaussian_deblur: TaskConfig = field(default_factory=TaskConfig)
+    motion_deblur: TaskConfig = field(default_factory=TaskConfig)
+    nonlinear_deblur: TaskConfig = field(default_factory=TaskConfig)
+    inpainting: TaskConfig = field(default_factory=TaskConfig)
+    superres: TaskConfig = field(default_factory=TaskConfig)
+    phase_retrieval: TaskConfig = field(default_factory=TaskConfig)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     grid_images: int = 4  # test images shown in the restoration grid
 
@@ -214,6 +294,7 @@ class Params:
     learn_operator: LearnOperatorConfig = field(default_factory=LearnOperatorConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
 
 
 def read_params_dict(path: Path, overrides: list[str] | None = None) -> dict:

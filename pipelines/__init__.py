@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ddmops.config import DOMAINS
+from ddmops.config import DOMAINS, TASKS
 from ddmops.workspace import Workspace
-from pipelines import evaluate, invert, learn_operator, prepare, train_prior
+from pipelines import evaluate, invert, learn_operator, prepare, restore, train_prior
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,16 @@ class Stage:
     section: str  # params.yaml section holding the stage's config
     run: Callable
     inputs: Callable[[Workspace], list[Path]]  # files/folders whose content the stage reads
-    items: tuple[str, ...] = ()  # a stage run once per item (its config is section.<item>)
+    items: tuple[str, ...] = ()  # a stage run once per item
     help: str = ""
     distributed: bool = False  # may run under torchrun with several processes
+    # the config a run receives, from its section and item (default: section.<item>)
+    select: Callable | None = None
+
+    def config(self, section, item: str | None):
+        if self.select is not None:
+            return self.select(section, item)
+        return getattr(section, item) if item else section
 
     def output_name(self, item: str | None) -> str:
         return f"{self.name}-{item}" if item else self.name
@@ -44,4 +51,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("evaluate", "evaluate", evaluate.run,
           lambda ws: [ws.path("prepared"), ws.path("operator"), ws.path("restored")],
           help="PSNR/SSIM and kernel errors in one table"),
+    Stage("invert-dcdp", "restore", restore.run_dcdp, lambda ws: [ws.path("prepared"), ws.path("priors", "clean")],
+          items=TASKS, select=restore.job, help="DCDP restoration (ODE and Tweedie purification) of one task"),
+    Stage("invert-dps", "restore", restore.run_dps, lambda ws: [ws.path("prepared"), ws.path("priors", "clean")],
+          items=TASKS, select=restore.job, help="DPS baseline on the same prior and problem"),
 )}

@@ -34,8 +34,7 @@ def resolve(name: str, item: str | None) -> Stage:
 
 
 def stage_config(stage: Stage, params: Params, item: str | None):
-    cfg = getattr(params, stage.section)
-    return getattr(cfg, item) if item else cfg
+    return stage.config(getattr(params, stage.section), item)
 
 
 def run_stage(name: str, params: Params, root: Path, item: str | None = None, device: str | None = None,

@@ -25,6 +25,12 @@ TINY = [
     "learn_operator.kernel_size=5", "learn_operator.images=256", "learn_operator.batch_size=16",
     "learn_operator.log_every=64", "learn_operator.plot_every=128", "learn_operator.checkpoint_every=128",
     "invert.steps=3", "invert.cg_iters=5",
+    "restore.images=1", "restore.batch_size=1",
+    *[f"restore.{t}.{k}" for t in ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting",
+                                   "superres", "phase_retrieval") for k in (
+        "dcdp.iterations=2", "dcdp.inner_steps=3", "dcdp.ode_steps=2", "dps.steps=3")],
+    "restore.inpainting.operator.box=[8, 8]", "restore.gaussian_deblur.operator.kernel.size=5",
+    "restore.motion_deblur.operator.kernel.size=5", "restore.nonlinear_deblur.operator.kernel.size=5",
 ]
 
 quiet_environment()

@@ -4,27 +4,79 @@ import torch
 
 from ddmops.errors import DataError
 from ddmops.operators.blur import Blur, convolve
+from ddmops.operators.inpaint import Inpaint, box_mask, random_mask
+from ddmops.operators.nonlinear import CameraBlur
+from ddmops.operators.phase import PhaseRetrieval
+from ddmops.operators.sr import Downsample, bicubic_kernel
 from ddmops.operators.kernels import (center_of_mass, gaussian_kernel, load_kernel, motion_kernel,
                                       resize_kernel, validate_kernel)
 
 
 def linear_operators(g):
+    """Every linear operator family, with the image size it accepts (odd where it can)."""
     k = torch.rand(7, 7, generator=g)
     k = k / k.sum()
-    return [Blur(k, "valid"), Blur(k, "reflect"), Blur(k, "circular")]
+    mask = (torch.rand(2, 1, 37, 31, generator=g) > 0.5).float()
+    return [
+        (Blur(k, "valid"), (37, 31)), (Blur(k, "reflect"), (37, 31)), (Blur(k, "circular"), (37, 31)),
+        (Downsample(bicubic_kernel(2), 2, "reflect"), (38, 30)), (Downsample(k, 3, "valid"), (37, 31)),
+        (Downsample(bicubic_kernel(4), 4, "reflect"), (36, 32)), (Inpaint(mask), (37, 31)),
+    ]
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(7))
 def test_adjointness_odd_sizes(index, generator):
-    """<A x, y> == <x, A^T y> on a 37 x 31 image, for every linear operator."""
-    op = linear_operators(generator)[index].double()
-    x = torch.randn(2, 3, 37, 31, generator=generator, dtype=torch.float64)
+    """<A x, y> == <x, A^T y> for every linear operator, on odd sizes where it accepts them."""
+    op, size = linear_operators(generator)[index]
+    op = op.double()
+    x = torch.randn(2, 3, *size, generator=generator, dtype=torch.float64)
     ax = op.A(x)
     y = torch.randn(ax.shape, generator=generator, dtype=torch.float64)
     aty = op.A_adjoint(y)
     assert aty.shape == x.shape
     lhs, rhs = (ax * y).sum(), (x * aty).sum()
     assert abs(lhs - rhs) / abs(lhs) < 1e-10
+
+
+@pytest.mark.parametrize("op", [PhaseRetrieval(2.0), CameraBlur(torch.full((3, 3), 1 / 9.0), gain=1.3)])
+def test_gradcheck_nonlinear(op, generator):
+    x = (torch.rand(1, 2, 5, 6, generator=generator, dtype=torch.float64) * 1.6 - 0.8).requires_grad_(True)
+    op = op.double()
+    assert torch.autograd.gradcheck(op.A, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_phase_retrieval_shape_and_energy(generator):
+    x = torch.rand(2, 3, 8, 10, generator=generator) * 2 - 1
+    y = PhaseRetrieval(2.0).A(x)
+    assert y.shape == (2, 3, 16, 20)
+    # unitary FFT: the energy of the magnitudes equals that of the (padded) intensities
+    torch.testing.assert_close((y ** 2).sum((-1, -2)), (((x + 1) / 2) ** 2).sum((-1, -2)), rtol=1e-5, atol=1e-5)
+
+
+def test_camera_blur_saturates():
+    op = CameraBlur(torch.ones(1, 1), gain=2.0, sharpness=50.0)
+    y = op.A(torch.tensor([-1.0, -0.5, 0.5, 1.0]).reshape(1, 1, 1, 4))
+    assert y.max() <= 1.0 and (y[..., 2:] > 0.97).all()  # bright pixels clip at full well
+    assert y[0, 0, 0, 1] == pytest.approx(2 * (0.25 * 2.0) ** (1 / 2.2) - 1, abs=1e-3)  # gamma below saturation
+
+
+def test_bicubic_kernel_and_downsample():
+    k = bicubic_kernel(2)
+    assert k.shape == (8, 8) and abs(k.sum().item() - 1) < 1e-6
+    x = torch.ones(1, 3, 16, 12)
+    torch.testing.assert_close(Downsample(k, 2).A(x), torch.ones(1, 3, 8, 6))  # constants are kept
+
+
+def test_masks(generator):
+    m = box_mask(32, 32, (8, 10), generator, margin=2)
+    assert m.shape == (1, 32, 32) and (m == 0).sum() == 80
+    rows, cols = torch.nonzero(m[0] == 0, as_tuple=True)
+    assert rows.min() >= 2 and rows.max() <= 29 and cols.min() >= 2 and cols.max() <= 29
+    fractions = [1 - random_mask(64, 64, (0.3, 0.7), generator).mean().item() for _ in range(20)]
+    assert 0.25 < min(fractions) and max(fractions) < 0.75 and max(fractions) - min(fractions) > 0.1
+    assert random_mask(16, 16, (0.0, 0.0), generator).all()
+    with pytest.raises(ValueError, match="probability"):
+        random_mask(8, 8, (0.8, 0.2), generator)
 
 
 def test_valid_blur_matches_direct_convolution(generator):

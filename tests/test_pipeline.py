@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ddmops.config import TASKS
 from tests.conftest import write_workspace
 
 BIN = Path(sys.executable).parent
@@ -44,6 +45,11 @@ def test_repro_writes_metrics(repro):
         assert (repro / "metrics" / f"{stage}.json").is_file()
     assert (repro / "reports" / "restoration_grid.png").is_file()
     assert (repro / "dvc.lock").is_file()
+    for task in TASKS:
+        dcdp = json.loads((repro / "metrics" / f"invert-dcdp-{task}.json").read_text())
+        dps = json.loads((repro / "metrics" / f"invert-dps-{task}.json").read_text())
+        assert dcdp["nfe/dcdp-tweedie"] == 2 and dcdp["nfe/dcdp-ode"] >= 2 and dps["nfe/dps"] == 3
+        assert all(v == v for v in (dcdp["psnr/dcdp-ode"], dps["psnr/dps"]))  # finite, not NaN
 
 
 @pytest.mark.slow
@@ -61,7 +67,7 @@ def test_mlflow_holds_runs_and_artifacts(repro):
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
     stages = {r.data.tags.get("ddmops.stage"): r for r in runs if r.data.tags.get("ddmops.role") != "pipeline"}
     assert set(stages) == {"prepare", "train-prior-degraded", "train-prior-clean", "learn-operator",
-                           "invert", "evaluate"}
+                           "invert", "evaluate"} | {f"invert-{m}-{t}" for m in ("dcdp", "dps") for t in TASKS}
     parents = {r.data.tags["mlflow.parentRunId"] for r in stages.values()}
     assert len(parents) == 1  # one pipeline run groups them
     assert all(r.info.status == "FINISHED" for r in stages.values())

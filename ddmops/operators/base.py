@@ -29,5 +29,9 @@ class Operator(torch.nn.Module):
             (adj,) = torch.autograd.grad(self.A(x), x, grad_outputs=y)
         return adj
 
+    def batch(self, index: slice) -> "Operator":
+        """The operator for images ``index`` of a batch (the same one unless it is per-image)."""
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.A(x)
