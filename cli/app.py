@@ -20,7 +20,7 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file; it
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override a param: section.key=value")]
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -47,7 +47,7 @@ def run(
         cfg = load_params(params, overrides)
         metrics = run_stage(stage, cfg, params.resolve().parent, item=item, device=device, progress=progress)
     except DdmopsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out = Console()
     for key, value in sorted(metrics.items()):
         out.print(f"  {key:32s} {value:.6g}", highlight=False)
@@ -73,7 +73,7 @@ def check(params: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> 
     try:
         load_params(params, overrides)
     except DdmopsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     Console().print(f"{params}: ok")
 
 
@@ -93,6 +93,14 @@ def ui(
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (root / "mlruns").resolve().as_uri()]
     raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+def _register_subcommands() -> None:
+    from cli import psf
+    app.add_typer(psf.app, name="psf")
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ class Paths:
     operator: str = "models/operator"
     restored: str = "outputs/restored"
     tasks: str = "outputs/tasks"  # DCDP / DPS restorations, one folder per task
+    psfs: str = "data/psfs"  # measured PSF assets (`ddmops psf add`)
     metrics: str = "metrics"
     reports: str = "reports"
     checkpoints: str = ".checkpoints"

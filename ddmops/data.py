@@ -17,6 +17,7 @@ from ddmops.errors import DataError
 from ddmops.io import iter_npz, list_images, read_image, to_uint8
 from ddmops.operators.blur import convolve
 from ddmops.operators.kernels import gaussian_kernel, load_kernel, motion_kernel
+from ddmops.operators.psf_grid import position_map
 
 # Natural photos shipped inside the scikit-image wheel (no download); grey ones are
 # replicated to RGB. The motorcycle stereo pair counts as one scene.
@@ -92,27 +93,36 @@ class PatchSampler:
     """Random square crops (optionally flipped) from a list of (C, H, W) images.
 
     Images are drawn with probability proportional to their number of crop positions,
-    so every crop of the collection is equally likely. Images smaller than the patch
-    are rejected up front.
+    so every crop of the collection is equally likely. ``geometry`` gives, per image, its
+    place (top, left, full_h, full_w) in the photo it was cut from, so crops can carry
+    their field positions (PSF grids); flips change the content, not the positions.
     """
 
-    def __init__(self, images: list[torch.Tensor], patch_size: int, flips: bool = False):
+    def __init__(self, images: list[torch.Tensor], patch_size: int, flips: bool = False,
+                 geometry: torch.Tensor | None = None):
         small = [i for i, x in enumerate(images) if min(x.shape[-2:]) < patch_size]
         if small:
             shape = tuple(images[small[0]].shape[-2:])
             raise DataError(f"{len(small)} image(s) are smaller than the patch size {patch_size} "
                             f"(e.g. image #{small[0]} of size {shape})")
-        self.images, self.patch_size, self.flips = images, patch_size, flips
+        self.images, self.patch_size, self.flips, self.geometry = images, patch_size, flips, geometry
         counts = torch.tensor([(x.shape[-2] - patch_size + 1) * (x.shape[-1] - patch_size + 1)
                                for x in images], dtype=torch.float64)
         self.weights = counts / counts.sum()
 
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """-> (batch, C, P, P)"""
+        """-> crops (batch, C, P, P)"""
+        return self._draw(batch, generator, False)[0]
+
+    def sample_with_position(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> crops (batch, C, P, P) and their field positions (batch, 2, P, P)"""
+        return self._draw(batch, generator, True)
+
+    def _draw(self, batch: int, generator: torch.Generator, with_position: bool):
         p = self.patch_size
         idx = torch.multinomial(self.weights, batch, replacement=True, generator=generator)
         u = torch.rand(batch, 4, generator=generator)
-        crops = []
+        crops, positions = [], []
         for i, (ur, uc, fh, fv) in zip(idx.tolist(), u.tolist()):
             img = self.images[i]
             r = int(ur * (img.shape[-2] - p + 1))
@@ -123,4 +133,8 @@ class PatchSampler:
             if self.flips and fv < 0.5:
                 crop = crop.flip(-2)
             crops.append(crop)
-        return torch.stack(crops)
+            if with_position:
+                top, left, full_h, full_w = (self.geometry[i].tolist() if self.geometry is not None
+                                             else (0.0, 0.0, img.shape[-2], img.shape[-1]))
+                positions.append(position_map(p, p, top + r, left + c, full_h, full_w))
+        return torch.stack(crops), (torch.stack(positions) if with_position else None)

@@ -58,8 +58,10 @@ def flow_matching_loss(net: Callable, x: torch.Tensor, generator: torch.Generato
 
 
 @torch.no_grad()
-def heldout_loss(net: torch.nn.Module, patches: torch.Tensor, seed: int = 1234, batch: int = 64) -> float:
-    """Flow-matching loss on fixed patches with fixed noise and stratified times (comparable across steps)."""
+def heldout_loss(net: torch.nn.Module, patches: torch.Tensor, positions: torch.Tensor | None = None,
+                 seed: int = 1234, batch: int = 64) -> float:
+    """Flow-matching loss on fixed patches (and their field positions, for position-aware
+    networks) with fixed noise and stratified times (comparable across steps)."""
     device = next(net.parameters()).device
     g = torch.Generator().manual_seed(seed)
     was_training = net.training
@@ -69,7 +71,8 @@ def heldout_loss(net: torch.nn.Module, patches: torch.Tensor, seed: int = 1234, 
         x = patches[i:i + batch]
         eps = torch.randn(x.shape, generator=g)
         t = (torch.arange(len(x)) + 0.5 + i) / len(patches)
-        v = net(fpath.interpolate(x, eps, t).to(device), t.to(device))
+        kw = {"position": positions[i:i + batch].to(device)} if positions is not None else {}
+        v = net(fpath.interpolate(x, eps, t).to(device), t.to(device), **kw)
         total += torch.sum((v.cpu() - fpath.target_velocity(x, eps)) ** 2).item() / x[0].numel()
     net.train(was_training)
     return total / len(patches)
@@ -111,14 +114,18 @@ class _State:
 def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tensor, *, img_channels: int,
                 device: torch.device, tracker: Tracker, checkpoint: Path, run_key: str, meta: dict,
                 on_samples: Callable[[torch.Tensor, int], None] | None = None,
-                progress: bool = True, dist: Dist = Dist()) -> tuple[FlowPrior, PriorTrainResult]:
+                progress: bool = True, dist: Dist = Dist(),
+                val_positions: torch.Tensor | None = None) -> tuple[FlowPrior, PriorTrainResult]:
     """Train a prior on crops from ``sampler``; resume from ``checkpoint`` if it matches ``run_key``.
 
-    val_patches: (N, C, P, P) held-out crops. Metrics are logged with step = images seen.
+    val_patches: (N, C, P, P) held-out crops (val_positions (N, 2, P, P) their field
+    positions, for a network with position channels, which then trains on positioned crops).
+    Metrics are logged with step = images seen.
     Under ``dist`` each process trains on its slice of every global batch; only the main
     process logs, samples and writes checkpoints. Returns the EMA prior and a summary.
     """
     per_step = cfg.batch_size * cfg.accumulation
+    positional = cfg.model.position_channels
     total_steps = cfg.images // per_step
     s = _State(cfg, UNetArch.from_config(cfg.model, img_channels, cfg.patch_size), device)
     s.resume(checkpoint, run_key, device)
@@ -138,12 +145,14 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
 
     def evaluate() -> float:
         """Held-out loss and a sample mosaic from fixed noise, logged at the current step."""
-        loss = heldout_loss(s.ema.model, val_patches)
+        loss = heldout_loss(s.ema.model, val_patches, val_positions if positional else None)
         tracker.log_metrics({"loss/val": loss}, step=s.step * per_step)
         if on_samples is not None:
             g = torch.Generator(device=device).manual_seed(cfg.seed + 99)
-            shape = (16, img_channels, cfg.patch_size, cfg.patch_size)
-            on_samples(FlowPrior(s.ema.model).sample(shape, g, cfg.sample_steps), s.step * per_step)
+            n = min(16, len(val_patches))
+            kw = {"position": val_positions[:n].to(device)} if positional else {}
+            shape = (n, img_channels, cfg.patch_size, cfg.patch_size)
+            on_samples(FlowPrior(s.ema.model).sample(shape, g, cfg.sample_steps, **kw), s.step * per_step)
         return loss
 
     s.net.train()
@@ -153,12 +162,17 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
             set_lr(s.opt, cfg.lr * lr_factor(cfg.lr_decay, s.step, total_steps))
             s.opt.zero_grad(set_to_none=True)
             for micro in range(cfg.accumulation):
-                x = sampler.sample(cfg.batch_size, s.data_gen)  # the global batch, same on every rank
+                # the global batch, the same on every rank
+                if positional:
+                    x, pos = sampler.sample_with_position(cfg.batch_size, s.data_gen)
+                    kw = {"position": pos[shard].to(device)}
+                else:
+                    x, kw = sampler.sample(cfg.batch_size, s.data_gen), {}
                 eps, t = draw_noise(x.shape, s.noise_gen, cfg.time_sampling)
                 sync = micro == cfg.accumulation - 1 or dist.world == 1
                 with (contextlib.nullcontext() if sync else model.no_sync()):
                     with torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
-                        loss = velocity_loss(model, x[shard].to(device), eps[shard], t[shard])
+                        loss = velocity_loss(model, x[shard].to(device), eps[shard], t[shard], **kw)
                     scaler.scale(loss / cfg.accumulation).backward()
                 window.append(loss.item())
             scaler.unscale_(s.opt)

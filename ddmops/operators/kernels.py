@@ -63,6 +63,60 @@ def motion_kernel(size: int, intensity: float, generator: torch.Generator) -> to
     return center_kernel(k / k.sum()).float()
 
 
+def sr_kernel(factor: int, generator: torch.Generator, size: int | None = None,
+              noise: float = 0.0) -> torch.Tensor:
+    """A DIV2KRK-style random anisotropic Gaussian SR kernel (KernelGAN's recipe). -> (K, K)
+
+    Covariance eigenvalues lambda_1, lambda_2 ~ U[0.175 s, 2.5 s] (variances, in pixels^2),
+    orientation theta ~ U[0, pi), entries multiplied by (1 + U[-noise, noise]); centred
+    and normalised. ``size`` defaults to 6 s + 1 (13 for x2, 25 for x4).
+    """
+    size = size or 6 * factor + 1
+    lam = 0.175 * factor + torch.rand(2, generator=generator, dtype=torch.float64) * (2.5 - 0.175) * factor
+    theta = math.pi * torch.rand(1, generator=generator, dtype=torch.float64).item()
+    rot = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+    inv = torch.linalg.inv(rot @ torch.diag(lam) @ rot.T)
+    r = (size - 1) / 2
+    coords = torch.linspace(-r, r, size, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    z = torch.stack([xx, yy], -1)
+    k = torch.exp(-0.5 * torch.einsum("...i,ij,...j->...", z, inv, z))
+    k = k * (1 + noise * (2 * torch.rand(k.shape, generator=generator, dtype=torch.float64) - 1))
+    return center_kernel(k / k.sum()).float()
+
+
+def lens_psf_grid(grid: tuple[int, int], size: int, generator: torch.Generator, sigma: float = 0.8,
+                  astigmatism: float = 1.5, coma: float = 0.3) -> torch.Tensor:
+    """A space-varying lens PSF field -> (Gy, Gx, K, K) at nodes linspace(0, 1) in y and x.
+
+    At field point d (from the optical centre, |d| = 1 at the middle of an edge) the PSF
+    is a Gaussian whose std along the radial direction grows as sigma (1 + astigmatism
+    |d|^2) while the tangential one stays near sigma (astigmatism), plus a weaker lobe
+    shifted outwards by coma |d|^3 K / 4 pixels (coma). The optical centre is jittered
+    slightly (seeded), as for a real, imperfectly centred lens.
+    """
+    gy, gx = grid
+    centre = 0.5 + 0.04 * (2 * torch.rand(2, generator=generator, dtype=torch.float64) - 1)
+    r = (size - 1) / 2
+    coords = torch.linspace(-r, r, size, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    out = torch.zeros(gy, gx, size, size, dtype=torch.float64)
+    for i, py in enumerate(torch.linspace(0, 1, gy, dtype=torch.float64)):
+        for j, px in enumerate(torch.linspace(0, 1, gx, dtype=torch.float64)):
+            d = torch.stack([px - centre[0], py - centre[1]]) * 2
+            rad = d.norm().item()
+            ux, uy = (d / rad).tolist() if rad > 1e-9 else (1.0, 0.0)
+            u = ux * xx + uy * yy  # radial coordinate
+            v = -uy * xx + ux * yy  # tangential coordinate
+            s_rad, s_tan = sigma * (1 + astigmatism * rad ** 2), sigma * (1 + 0.2 * astigmatism * rad ** 2)
+            shift = coma * rad ** 3 * size / 4
+            core = torch.exp(-0.5 * ((u / s_rad) ** 2 + (v / s_tan) ** 2))
+            lobe = torch.exp(-0.5 * (((u - shift) / (1.5 * s_rad)) ** 2 + (v / (1.5 * s_tan)) ** 2))
+            k = core + 0.5 * min(1.0, rad) * lobe
+            out[i, j] = center_kernel(k / k.sum())
+    return out.float()
+
+
 def _splat(pts: torch.Tensor, size: int) -> torch.Tensor:
     k = torch.zeros(size, size, dtype=torch.float64)
     x0, y0 = pts[:, 0].floor().long(), pts[:, 1].floor().long()
@@ -116,6 +170,17 @@ def validate_kernel(k: np.ndarray | torch.Tensor, source: str, atol: float = 1e-
     if abs(total - 1.0) > atol:
         raise DataError(f"{source}: kernel sums to {total:.6g}, expected 1 (within {atol})")
     return k.float().clamp_min(0) / k.float().clamp_min(0).sum()
+
+
+def validate_psf(array: np.ndarray | torch.Tensor, source: str, atol: float = 1e-3) -> torch.Tensor:
+    """A measured PSF (K, K) or PSF grid (Gy, Gx, K, K), each PSF checked as a kernel."""
+    t = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    if t.dim() == 2:
+        return validate_kernel(t, source, atol)
+    if t.dim() != 4:
+        raise DataError(f"{source}: expected a PSF (K, K) or a PSF grid (Gy, Gx, K, K), got shape {tuple(t.shape)}")
+    return torch.stack([validate_kernel(k, f"{source}[{i // t.shape[1]}, {i % t.shape[1]}]", atol)
+                        for i, k in enumerate(t.flatten(0, 1))]).reshape(t.shape)
 
 
 def load_kernel(path: Path, index: int = 0) -> torch.Tensor:
