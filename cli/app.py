@@ -94,6 +94,10 @@ def ui(
     raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
 
 
+from cli.team import register as _register_team  # noqa: E402  team mode: `ddmops server`, `ddmops remote`
+_register_team(app)
+
+
 def main() -> None:
     app()
 
