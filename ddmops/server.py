@@ -161,8 +161,8 @@ def start(spec: ServerSpec, log: Path | None = None, timeout: float = 180.0) -> 
     preflight(spec)
     out = open(log, "ab") if log else None
     try:
-        proc = subprocess.Popen(command(spec), env=environment(spec), stdout=out, stderr=subprocess.STDOUT if out
-                                else None, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(command(spec), env=environment(spec), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
     finally:
         if out:
             out.close()
