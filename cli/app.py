@@ -96,8 +96,9 @@ def ui(
 
 
 def _register_subcommands() -> None:
-    from cli import psf
+    from cli import psf, team
     app.add_typer(psf.app, name="psf")
+    team.register(app)
 
 
 _register_subcommands()

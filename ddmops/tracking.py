@@ -65,8 +65,12 @@ class NullTracker:
         pass
 
 
+def embedded_uri(root: Path) -> str:
+    return f"sqlite:///{(Path(root) / 'mlruns.db').resolve()}"
+
+
 def default_tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlruns.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(root)
 
 
 class MlflowTracker:
@@ -89,14 +93,18 @@ class MlflowTracker:
         FAILED with the error message as tag ``ddmops.error``.
         """
         quiet_environment()
+        uri = default_tracking_uri(root)
+        if uri.startswith(("http://", "https://")):  # a team server: say so at once if it is down
+            from ddmops.server import require_server
+            require_server(uri)
         import mlflow
 
-        mlflow.set_tracking_uri(default_tracking_uri(root))
+        _set_tracking_uri(mlflow, uri)
         outer = os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: it becomes the parent
         if outer:
             exp_id, parent = mlflow.get_run(outer).info.experiment_id, outer
         else:
-            exp_id = _experiment_id(mlflow, experiment, root)
+            exp_id = _experiment_id(mlflow, experiment, root, embedded=uri == embedded_uri(root))
             parent = _pipeline_parent(mlflow, exp_id, pipeline)
         unfinished = mlflow.search_runs(
             [exp_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}' and attributes.status != 'FINISHED'",
@@ -145,18 +153,29 @@ class MlflowTracker:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+def _set_tracking_uri(mlflow, uri: str) -> None:
+    """Point MLflow at ``uri`` without leaving it in the environment (``set_tracking_uri``
+    exports MLFLOW_TRACKING_URI, which would send a later workspace of this process, or a
+    child process, to this one's store)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def _param_str(value: Any) -> str:
     text = str(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
-def _experiment_id(mlflow, name: str, root: Path) -> str:
+def _experiment_id(mlflow, name: str, root: Path, embedded: bool) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):  # embedded store: artifacts beside it
-        location = (Path(root) / "mlruns").resolve().as_uri()
+    # embedded store: artifacts beside it; a server or database: the store's own default
+    location = (Path(root) / "mlruns").resolve().as_uri() if embedded else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another process
