@@ -15,8 +15,8 @@ import yaml
 from ddmops.errors import ConfigError
 from ddmops.strict import apply_overrides, from_dict
 
-Domain = Literal["clean", "degraded"]
-DOMAINS: tuple[str, ...] = ("degraded", "clean")
+DDM4IP_TASKS: tuple[str, ...] = ("deblur", "psf_grid", "sr_kernel")  # operator families: blur, PSF grid, SR kernel
+DOMAINS: tuple[str, ...] = ("clean", *DDM4IP_TASKS)  # priors: the clean one, and one per task's observations
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Paths:
 
     source: str = "data/source"  # folder of user images (see prepare.source)
     prepared: str = "data/prepared"
+    degraded: str = "data/degraded"  # one folder per DDM4IP task
     priors: str = "models/priors"
     operator: str = "models/operator"
     restored: str = "outputs/restored"
@@ -78,19 +79,60 @@ class PrepareConfig:
     clean_fraction: float = 0.5  # share of those images/tiles in the clean set
     test_crops: int = 4
     test_size: int = 64
-    kernel: KernelSpec = field(default_factory=KernelSpec)
-    noise_sigma: float = 0.02
     seed: int = 0
 
     def __post_init__(self):
         if not (0 < self.test_fraction < 1 and 0 < self.clean_fraction < 1):
             raise ValueError("test_fraction and clean_fraction must lie in (0, 1)")
-        if self.split == "tiles" and self.tile_size <= self.kernel.size:
-            raise ValueError(f"tile_size ({self.tile_size}) must exceed kernel.size ({self.kernel.size})")
+        if min(self.tile_size, self.test_size) < 16:
+            raise ValueError("tile_size and test_size must be >= 16")
+
+
+@dataclass(frozen=True)
+class PsfGridSpec:
+    """A synthetic lens PSF field (see ddmops.operators.kernels.lens_psf_grid), or a file."""
+
+    grid: tuple[int, int] = (4, 4)
+    size: int = 9
+    sigma: float = 0.8
+    astigmatism: float = 1.5
+    coma: float = 0.3
+    seed: int = 0
+    path: str = ""  # a measured grid (.npy (Gy, Gx, K, K), e.g. from `ddmops psf add`) instead
+
+    def __post_init__(self):
+        if self.size < 1 or self.size % 2 == 0 or min(self.grid) < 1:
+            raise ValueError(f"need an odd PSF size and a grid of at least 1x1, got {self.size}, {self.grid}")
+
+
+@dataclass(frozen=True)
+class SrSpec:
+    """A DIV2KRK-style random SR kernel (KernelGAN's recipe) and the scale factor, or a file."""
+
+    factor: int = 2
+    size: int = 0  # 0: 6 * factor + 1
+    noise: float = 0.0  # multiplicative noise on the kernel's entries
+    seed: int = 0
+    path: str = ""  # a kernel file (.npy (K, K)) instead
+
+    def __post_init__(self):
+        if self.factor < 1 or (self.size and self.size % 2 == 0):
+            raise ValueError(f"need factor >= 1 and an odd size, got {self.factor}, {self.size}")
+
+
+@dataclass(frozen=True)
+class DegradeConfig:
+    """The forward models the DDM4IP tasks must recover, applied to the degraded pieces."""
+
+    noise_sigma: float = 0.02
+    seed: int = 0  # the measurement noise
+    deblur: KernelSpec = field(default_factory=KernelSpec)
+    psf_grid: PsfGridSpec = field(default_factory=PsfGridSpec)
+    sr_kernel: SrSpec = field(default_factory=SrSpec)
+
+    def __post_init__(self):
         if self.noise_sigma < 0:
             raise ValueError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
-        if self.test_size <= self.kernel.size:
-            raise ValueError(f"test_size ({self.test_size}) must exceed kernel.size ({self.kernel.size})")
 
 
 @dataclass(frozen=True)
@@ -147,8 +189,11 @@ class PriorConfig:
 
 @dataclass(frozen=True)
 class TrainPriorConfig:
-    degraded: PriorConfig = field(default_factory=lambda: PriorConfig(flips=False))
     clean: PriorConfig = field(default_factory=PriorConfig)
+    deblur: PriorConfig = field(default_factory=lambda: PriorConfig(flips=False))
+    psf_grid: PriorConfig = field(default_factory=lambda: PriorConfig(
+        flips=False, model=UNetConfig(position_channels=True)))
+    sr_kernel: PriorConfig = field(default_factory=lambda: PriorConfig(flips=False))
 
 
 @dataclass(frozen=True)
@@ -164,11 +209,16 @@ class KernelRegConfig:
 
 @dataclass(frozen=True)
 class LearnOperatorConfig:
-    task: Literal["deblur"] = "deblur"
+    """DDM4IP step 2 for one task; ``grid`` applies to psf_grid, ``factor`` and ``sr_*`` to
+    sr_kernel (whose kernel size follows from ``sr_struct``)."""
+
     kernel_size: int = 9
     init: Literal["gaussian", "uniform", "random"] = "gaussian"
     param: Literal["abs", "softmax"] = "abs"  # kernel = |raw| / sum|raw| (DDM4IP) or softmax(raw)
-    patch_size: int = 32  # size of the simulated observations
+    grid: tuple[int, int] = (4, 4)
+    factor: int = 2  # the (known) scale of the SR task
+    sr_struct: tuple[int, ...] = (7, 5, 3, 1, 1, 1)  # KernelGAN's layer sizes
+    sr_channels: int = 64
     batch_size: int = 32
     images: int = 48_000  # images seen by the kernel update
     lr_kernel: float = 1e-3
@@ -176,7 +226,7 @@ class LearnOperatorConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     lr_decay: Literal["none", "cosine"] = "cosine"
     kernel_ema: float = 0.01  # rate of the kernel's moving average (0 disables)
-    noise_sigma: float | None = None  # None: the level recorded by `prepare`
+    noise_sigma: float | None = None  # None: the level the data was made with (degrade)
     reg: KernelRegConfig = field(default_factory=KernelRegConfig)
     log_every: int = 1_024
     plot_every: int = 8_192
@@ -189,6 +239,14 @@ class LearnOperatorConfig:
 
 
 @dataclass(frozen=True)
+class LearnOperatorTasks:
+    deblur: LearnOperatorConfig = field(default_factory=LearnOperatorConfig)
+    psf_grid: LearnOperatorConfig = field(default_factory=LearnOperatorConfig)
+    sr_kernel: LearnOperatorConfig = field(default_factory=lambda: LearnOperatorConfig(
+        reg=KernelRegConfig(center=0.1, sum_to_one=0.1)))
+
+
+@dataclass(frozen=True)
 class InvertConfig:
     """DiffPIR-style plug-and-play restoration with the clean flow prior (DDM4IP step 3)."""
 
@@ -196,10 +254,17 @@ class InvertConfig:
     lam: float = 7.0  # data-term weight rho_k = lam * sigma_n^2 / sigma_k^2 (sigmas in [-1, 1] units)
     zeta: float = 0.3  # share of fresh noise when re-noising
     cg_iters: int = 20
-    noise_sigma: float | None = None  # None: the level recorded by `prepare`
-    operator: str = ""  # "" = this workspace's learned kernel; else a .npy kernel file
+    noise_sigma: float | None = None  # None: the level the data was made with (degrade)
+    operator: str = ""  # "" = this workspace's learned operator; else a file
     batch_size: int = 4
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class InvertTasks:
+    deblur: InvertConfig = field(default_factory=InvertConfig)
+    psf_grid: InvertConfig = field(default_factory=InvertConfig)
+    sr_kernel: InvertConfig = field(default_factory=InvertConfig)
 
 
 @dataclass(frozen=True)
@@ -291,9 +356,10 @@ class Params:
     paths: Paths = field(default_factory=Paths)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
     train_prior: TrainPriorConfig = field(default_factory=TrainPriorConfig)
-    learn_operator: LearnOperatorConfig = field(default_factory=LearnOperatorConfig)
-    invert: InvertConfig = field(default_factory=InvertConfig)
+    learn_operator: LearnOperatorTasks = field(default_factory=LearnOperatorTasks)
+    invert: InvertTasks = field(default_factory=InvertTasks)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
 

@@ -75,18 +75,31 @@ def degrade(x: torch.Tensor, kernel: torch.Tensor, sigma: float, generator: torc
     return y + sigma * torch.randn(y.shape, generator=generator).to(y)
 
 
-def save_image_set(images: list[torch.Tensor], quantise: bool) -> dict[str, np.ndarray]:
-    """Arrays for :func:`ddmops.io.save_npz`: uint8 (H, W, C) or float32 (C, H, W)."""
-    return {f"img_{i:05d}": (to_image(x) if quantise else x.float().numpy()) for i, x in enumerate(images)}
+def save_image_set(images: list[torch.Tensor], quantise: bool,
+                   geometry: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Arrays for :func:`ddmops.io.save_npz`: uint8 (H, W, C) or float32 (C, H, W) images,
+    and optionally each image's place (top, left, full_h, full_w) in its source photo."""
+    arrays = {f"img_{i:05d}": (to_image(x) if quantise else x.float().numpy()) for i, x in enumerate(images)}
+    if geometry is not None:
+        arrays["geometry"] = geometry.double().numpy()
+    return arrays
 
 
 def load_image_set(path: Path) -> list[torch.Tensor]:
     """Inverse of :func:`save_image_set`: a list of (C, H, W) in [-1, 1]."""
     out = [to_tensor(a) if a.dtype == np.uint8 else torch.from_numpy(np.ascontiguousarray(a))
-           for _, a in iter_npz(path)]
+           for key, a in iter_npz(path) if key.startswith("img_")]
     if not out:
         raise DataError(f"{path}: the image set is empty")
     return out
+
+
+def load_geometry(path: Path) -> torch.Tensor | None:
+    """(N, 4) (top, left, full_h, full_w) of an image set, if it was saved with one."""
+    for key, a in iter_npz(path):
+        if key == "geometry":
+            return torch.from_numpy(a)
+    return None
 
 
 class PatchSampler:

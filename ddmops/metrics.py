@@ -61,3 +61,13 @@ def _pad_to(k: torch.Tensor, size: int) -> torch.Tensor:
     lo = (size - k.shape[-1]) // 2
     hi = size - k.shape[-1] - lo
     return F.pad(k, (lo, hi, lo, hi))
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma (MATLAB's rgb2ycbcr Y) of (B, 3, H, W) in [-1, 1], back in [-1, 1]
+    on the same [0, 1] <-> [-1, 1] map (so :func:`psnr` applies). Grey images pass through."""
+    if x.shape[1] == 1:
+        return x
+    u = _to_unit(x)
+    y = (16 + 65.481 * u[:, 0] + 128.553 * u[:, 1] + 24.966 * u[:, 2]) / 255
+    return (y * 2 - 1)[:, None]

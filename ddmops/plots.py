@@ -80,3 +80,31 @@ def mosaic(x: torch.Tensor, cols: int | None = None) -> np.ndarray:
 
 def _rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+def psf_mosaic(psfs: torch.Tensor, grid: tuple[int, int] | None = None, vmax: float | None = None,
+               tile: int = 48) -> np.ndarray:
+    """PSFs (N, K, K) laid out as their grid (Gy, Gx) (a row when None), each scaled to its
+    own peak unless ``vmax`` fixes one scale."""
+    n, k = psfs.shape[0], psfs.shape[-1]
+    gy, gx = grid or (1, n)
+    scale = max(1, tile // k)
+    out = np.full((gy * (k * scale + 2), gx * (k * scale + 2), 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, gx)
+        p = psfs[i].float().numpy()
+        rgb = colormap(p / (vmax or max(p.max(), 1e-12)))
+        big = np.kron(rgb, np.ones((scale, scale, 1), np.uint8))
+        out[r * (k * scale + 2):r * (k * scale + 2) + k * scale, c * (k * scale + 2):c * (k * scale + 2) + k * scale] = big
+    return out
+
+
+def psf_comparison(estimate: torch.Tensor, truth: torch.Tensor | None, grid: tuple[int, int] | None) -> np.ndarray:
+    """Estimate, truth and |error| PSF stacks (N, K, K) side by side, on one colour scale."""
+    if truth is None:
+        return _label(psf_mosaic(estimate, grid), "estimate")
+    k = max(estimate.shape[-1], truth.shape[-1])
+    est, tru = (torch.nn.functional.pad(p, [(k - p.shape[-1]) // 2] * 4) for p in (estimate, truth))
+    vmax = max(est.max().item(), tru.max().item(), 1e-12)
+    return _hstack([_label(psf_mosaic(p, grid, vmax), name) for name, p in
+                    (("estimate", est), ("truth", tru), ("|error|", (est - tru).abs()))])

@@ -9,10 +9,10 @@ import torch
 
 from ddmops.config import TaskConfig, TaskOperatorConfig
 from ddmops.data import make_kernel
+from ddmops.ddm4ip import families
 from ddmops.operators.base import Operator
 from ddmops.operators.blur import Blur
 from ddmops.operators.inpaint import Inpaint, box_mask, random_mask
-from ddmops.operators.kernels import load_kernel
 from ddmops.operators.nonlinear import CameraBlur
 from ddmops.operators.phase import PhaseRetrieval
 from ddmops.operators.sr import Downsample, bicubic_kernel
@@ -26,8 +26,10 @@ class Problem:
     sigma: float
 
 
-def build_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, generator: torch.Generator) -> Operator:
-    """The operator for images of ``shape`` (B, C, H, W); masks are drawn per image."""
+def build_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, generator: torch.Generator,
+                   position: torch.Tensor | None = None) -> Operator:
+    """The operator for images of ``shape`` (B, C, H, W); masks are drawn per image. A learned
+    PSF grid needs the images' field positions (B, 2, H, W)."""
     b, _, h, w = shape
     if cfg.kind == "blur":
         return Blur(make_kernel(cfg.kernel, root), "reflect")
@@ -45,13 +47,14 @@ def build_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, gener
     if cfg.kind == "phase":
         return PhaseRetrieval(cfg.oversampling)
     source = Path(cfg.source)
-    return Blur(load_kernel(source if source.is_absolute() else root / source), "reflect")
+    return families.build_operator(families.load_arrays(source if source.is_absolute() else root / source), position)
 
 
-def make_problem(cfg: TaskConfig, x: torch.Tensor, root: Path, seed: int) -> Problem:
+def make_problem(cfg: TaskConfig, x: torch.Tensor, root: Path, seed: int,
+                 position: torch.Tensor | None = None) -> Problem:
     """Seeded: the same config, images and seed give the same operator and measurements."""
     g = torch.Generator().manual_seed(seed)
-    op = build_operator(cfg.operator, x.shape, root, g)
+    op = build_operator(cfg.operator, x.shape, root, g, position)
     with torch.no_grad():
         clean = op.A(x)
     y = clean + cfg.noise_sigma * torch.randn(clean.shape, generator=g)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ddmops.config import DOMAINS, TASKS
+from ddmops.config import DDM4IP_TASKS, DOMAINS, TASKS
 from ddmops.workspace import Workspace
-from pipelines import evaluate, invert, learn_operator, prepare, restore, train_prior
+from pipelines import degrade, evaluate, invert, learn_operator, prepare, restore, train_prior
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Stage:
     name: str
     section: str  # params.yaml section holding the stage's config
     run: Callable
-    inputs: Callable[[Workspace], list[Path]]  # files/folders whose content the stage reads
+    inputs: Callable[[Workspace, str | None], list[Path]]  # what a run (of an item) reads
     items: tuple[str, ...] = ()  # a stage run once per item
     help: str = ""
     distributed: bool = False  # may run under torchrun with several processes
@@ -36,23 +36,31 @@ class Stage:
         return f"{self.name}-{item}" if item else self.name
 
 
+def _whole(section, item):
+    return section
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("prepare", "prepare", prepare.run, lambda ws: [ws.path("source")],
-          help="unpaired clean / degraded sets and paired test images"),
-    Stage("train-prior", "train_prior", train_prior.run, lambda ws: [ws.path("prepared")], items=DOMAINS,
-          help="flow-matching prior of one domain (degraded: DDM4IP step 1; clean: for restoration)",
+    Stage("prepare", "prepare", prepare.run, lambda ws, _: [ws.path("source")],
+          help="the clean set, the pieces to degrade and the held-out test images"),
+    Stage("degrade", "degrade", degrade.run, lambda ws, _: [ws.path("prepared")], items=DDM4IP_TASKS,
+          select=_whole, help="observations through a task's unknown forward model (synthetic truth kept)"),
+    Stage("train-prior", "train_prior", train_prior.run,
+          lambda ws, d: [ws.path("prepared") if d == "clean" else ws.path("degraded", d)], items=DOMAINS,
+          help="flow-matching prior of one domain (a task's observations: DDM4IP step 1; clean: restoration)",
           distributed=True),
-    Stage("learn-operator", "learn_operator", learn_operator.run,
-          lambda ws: [ws.path("prepared"), ws.path("priors", "degraded")],
-          help="the blur kernel by distribution matching (DDM4IP step 2)"),
-    Stage("invert", "invert", invert.run,
-          lambda ws: [ws.path("prepared"), ws.path("priors", "clean"), ws.path("operator")],
-          help="restore the test images with the learned and the true kernel (DDM4IP step 3)"),
-    Stage("evaluate", "evaluate", evaluate.run,
-          lambda ws: [ws.path("prepared"), ws.path("operator"), ws.path("restored")],
-          help="PSNR/SSIM and kernel errors in one table"),
-    Stage("invert-dcdp", "restore", restore.run_dcdp, lambda ws: [ws.path("prepared"), ws.path("priors", "clean")],
+    Stage("learn-operator", "learn_operator", learn_operator.run, items=DDM4IP_TASKS,
+          inputs=lambda ws, t: [ws.path("prepared"), ws.path("degraded", t), ws.path("priors", t)],
+          help="the task's forward model by distribution matching (DDM4IP step 2)"),
+    Stage("invert", "invert", invert.run, items=DDM4IP_TASKS,
+          inputs=lambda ws, t: [ws.path("degraded", t), ws.path("priors", "clean"), ws.path("operator", t)],
+          help="restore the task's test images with the learned and the true operator (DDM4IP step 3)"),
+    Stage("evaluate", "evaluate", evaluate.run, items=DDM4IP_TASKS, select=_whole,
+          inputs=lambda ws, t: [ws.path("prepared"), ws.path("degraded", t), ws.path("operator", t),
+                                ws.path("restored", t)],
+          help="PSNR/SSIM and operator errors in one table"),
+    Stage("invert-dcdp", "restore", restore.run_dcdp, lambda ws, _: [ws.path("prepared"), ws.path("priors", "clean")],
           items=TASKS, select=restore.job, help="DCDP restoration (ODE and Tweedie purification) of one task"),
-    Stage("invert-dps", "restore", restore.run_dps, lambda ws: [ws.path("prepared"), ws.path("priors", "clean")],
+    Stage("invert-dps", "restore", restore.run_dps, lambda ws, _: [ws.path("prepared"), ws.path("priors", "clean")],
           items=TASKS, select=restore.job, help="DPS baseline on the same prior and problem"),
 )}

@@ -1,64 +1,110 @@
-"""Stage `evaluate`: restoration and kernel quality in one table.
+"""Stage `evaluate@<task>`: restoration and operator quality in one table.
 
-PSNR/SSIM are computed on the central window the observation covers (a 'valid' blur
-sees nothing beyond it), for the degraded input, the restoration with the learned
-kernel and the restoration with the true kernel. The learned kernel is compared with
-the truth and, as floors, with a single-pixel and a uniform kernel.
+Images are compared where they overlap in the photo they were cut from (each set keeps
+its place): the observation shown at the scene's resolution (bicubic for SR), the
+restoration with the learned operator and the one with the true operator, against the
+truth. SR is scored on the luma (Y) channel with a border of the scale factor cropped.
+The learned PSFs are compared with the truth and, as floors, with a single-pixel and a
+uniform kernel.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ddmops.config import EvaluateConfig
-from ddmops.data import load_image_set
-from ddmops.io import load_array, save_png, write_json
-from ddmops.metrics import center_crop, kernel_errors, psnr, ssim
-from ddmops.plots import image_grid, kernels_side_by_side
+from ddmops.data import load_geometry, load_image_set
+from ddmops.ddm4ip.families import load_arrays, psf_stack, psfs_like
+from ddmops.ddm4ip.learner import stack_errors
+from ddmops.io import save_png, write_json
+from ddmops.metrics import kernel_errors, luma, psnr, ssim
+from ddmops.plots import image_grid, psf_comparison
 from pipelines.context import StageContext
-from pipelines.learn_operator import KERNEL_FILE
-from pipelines.prepare import FILES
+from pipelines.degrade import FILES as DEGRADED
+from pipelines.learn_operator import OPERATOR_FILE
+from pipelines.prepare import FILES as PREPARED
 
 
-def run(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, float]:
-    prepared, restored_dir = ctx.ws.path("prepared"), ctx.ws.path("restored")
-    truth = torch.stack(load_image_set(prepared / FILES["test_clean"]))
-    y = torch.stack(load_image_set(prepared / FILES["test_degraded"]))
-    h, w = y.shape[-2:]
-    candidates = {"input": y, "restored": torch.stack(load_image_set(restored_dir / "learned.npz"))}
-    if (restored_dir / "oracle.npz").exists():
-        candidates["oracle"] = torch.stack(load_image_set(restored_dir / "oracle.npz"))
-    ref = center_crop(truth, h, w)
+def on_grid(y: torch.Tensor, y_top: tuple[float, float], factor: int, top: tuple[float, float],
+            size: tuple[int, int]) -> torch.Tensor:
+    """Resample observations y (B, C, h, w), whose pixel (0, 0) sits at photo coordinate
+    ``y_top`` on a grid ``factor`` times coarser, onto the photo's pixel grid at ``top`` of
+    ``size`` (bicubic; NaN outside y)."""
+    axes = []
+    for t, yt, n, length in zip(top, y_top, y.shape[-2:], size):
+        u = (t + torch.arange(length, dtype=torch.float64) + 0.5) / factor - 0.5 - yt
+        axes.append(u)
+    uy, ux = axes
+    grid = torch.stack(torch.meshgrid(2 * ux / (y.shape[-1] - 1) - 1, 2 * uy / (y.shape[-2] - 1) - 1,
+                                      indexing="xy"), -1).float()
+    out = F.grid_sample(y, grid.expand(y.shape[0], -1, -1, -1), mode="bicubic", align_corners=True)
+    inside = ((uy >= -1e-6) & (uy <= y.shape[-2] - 1 + 1e-6))[:, None] & ((ux >= -1e-6) & (ux <= y.shape[-1] - 1 + 1e-6))
+    return torch.where(inside.to(out.device), out, torch.full_like(out, float("nan")))
+
+
+def _placed(images: torch.Tensor, geometry: torch.Tensor, truth_geometry: torch.Tensor, size) -> torch.Tensor:
+    """Images at integer offsets from the truth, shifted onto the truth's grid (NaN outside)."""
+    dr, dc = (geometry[0, :2] - truth_geometry[0, :2]).round().long().tolist()
+    out = torch.full((images.shape[0], images.shape[1], *size), float("nan"))
+    h, w = images.shape[-2:]
+    r0, c0 = max(dr, 0), max(dc, 0)
+    r1, c1 = min(dr + h, size[0]), min(dc + w, size[1])
+    out[..., r0:r1, c0:c1] = images[..., r0 - dr:r1 - dr, c0 - dc:c1 - dc]
+    return out
+
+
+def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
+    prepared, folder = ctx.ws.path("prepared"), ctx.ws.path("degraded", task)
+    restored_dir, out = ctx.ws.path("restored", task), ctx.ws.path("reports", task)
+    truth = torch.stack(load_image_set(prepared / PREPARED["test_clean"]))
+    t_geom = load_geometry(prepared / PREPARED["test_clean"])
+    size = tuple(truth.shape[-2:])
+    y = torch.stack(load_image_set(folder / DEGRADED["test_degraded"]))
+    y_geom = load_geometry(folder / DEGRADED["test_degraded"])
+    factor = round((t_geom[0, 2] / y_geom[0, 2]).item())
+    candidates = {"input": on_grid(y, tuple(y_geom[0, :2].tolist()), factor, tuple(t_geom[0, :2].tolist()), size)}
+    for name, label in (("learned", "restored"), ("oracle", "oracle")):
+        if (restored_dir / f"{name}.npz").exists():
+            candidates[label] = _placed(torch.stack(load_image_set(restored_dir / f"{name}.npz")),
+                                        load_geometry(restored_dir / f"{name}.npz"), t_geom, size)
+    valid = torch.stack([~c[0, 0].isnan() for c in candidates.values()]).all(0)
+    rows, cols = valid.any(1).nonzero().flatten(), valid.any(0).nonzero().flatten()
+    b = factor if factor > 1 else 0  # SR convention: crop a border of the scale factor
+    window = (slice(rows[0] + b, rows[-1] + 1 - b), slice(cols[0] + b, cols[-1] + 1 - b))
+    ref = truth[..., window[0], window[1]]
 
     metrics: dict[str, float] = {}
     per_image = []
     for name, x in candidates.items():
-        x = center_crop(x, h, w)
-        p, s = psnr(x, ref), ssim(x, ref)
+        x = x[..., window[0], window[1]]
+        p = psnr(luma(x), luma(ref)) if factor > 1 else psnr(x, ref)
+        s = ssim(x, ref)
         metrics |= {f"psnr/{name}": p.mean().item(), f"ssim/{name}": s.mean().item()}
         per_image += [{"image": i, "method": name, "psnr": pi, "ssim": si}
                       for i, (pi, si) in enumerate(zip(p.tolist(), s.tolist()))]
 
-    learned = torch.from_numpy(load_array(ctx.ws.path("operator", KERNEL_FILE)))
-    shown = {"learned": learned}
-    if (prepared / FILES["kernel"]).exists():
-        true = torch.from_numpy(load_array(prepared / FILES["kernel"]))
-        shown["truth"] = true
-        err = kernel_errors(learned, true)
-        uniform = torch.full_like(learned, 1.0 / learned.numel())
-        metrics |= {"kernel/ncc": err.ncc, "kernel/mae": err.mae,
-                    "kernel/ncc_delta": kernel_errors(torch.ones(1, 1), true).ncc,
-                    "kernel/ncc_uniform": kernel_errors(uniform, true).ncc}
+    learned = load_arrays(ctx.ws.path("operator", task, OPERATOR_FILE))
+    truth_ops = load_arrays(folder / DEGRADED["truth"]) if (folder / DEGRADED["truth"]).exists() else None
+    grid = tuple(truth_ops["psf_grid"].shape[:2]) if truth_ops is not None and "psf_grid" in truth_ops else None
+    if truth_ops is not None:
+        est = psfs_like(learned, truth_ops)
+        true = psf_stack(truth_ops)
+        metrics |= stack_errors(est, true)
+        k = true.shape[-1]
+        metrics |= {"kernel/ncc_delta": sum(kernel_errors(torch.ones(1, 1), t).ncc for t in true) / len(true),
+                    "kernel/ncc_uniform": sum(kernel_errors(torch.full((k, k), 1 / k ** 2), t).ncc
+                                              for t in true) / len(true)}
+        kernels_png = psf_comparison(est, true, grid)
+    else:
+        kernels_png = psf_comparison(psf_stack(learned), None, None)
 
-    out = ctx.ws.path("reports")
     write_json(out / "per_image.json", per_image)
-    rows = [{"input": center_crop(candidates["input"][i], h, w)} |
-            {n: center_crop(x[i], h, w) for n, x in candidates.items() if n != "input"} |
-            {"truth": ref[i]} for i in range(min(cfg.grid_images, len(truth)))]
-    grid, kernels = image_grid(rows), kernels_side_by_side(shown)
-    save_png(out / "restoration_grid.png", grid)
-    save_png(out / "kernel_vs_truth.png", kernels)
-    ctx.tracker.log_image(grid, "restoration_grid.png")
-    ctx.tracker.log_image(kernels, "kernel_vs_truth.png")
+    shown = {n: x[..., window[0], window[1]] for n, x in candidates.items()} | {"truth": ref}
+    grid_png = image_grid([{n: x[i] for n, x in shown.items()} for i in range(min(cfg.grid_images, len(truth)))])
+    save_png(out / "restoration_grid.png", grid_png)
+    save_png(out / "kernel_vs_truth.png", kernels_png)
+    ctx.tracker.log_image(grid_png, "restoration_grid.png")
+    ctx.tracker.log_image(kernels_png, "kernel_vs_truth.png")
     ctx.tracker.log_artifact(out / "per_image.json")
     return metrics

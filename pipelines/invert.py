@@ -1,7 +1,5 @@
-"""Stage `invert`: DDM4IP step 3, restoring the test observations with the learned operator.
-
-The same solver also runs with the true kernel (the oracle), when the data is
-synthetic, so `evaluate` can put the two side by side.
+"""Stage `invert@<task>`: DDM4IP step 3, restoring the task's test observations with the
+learned operator, and (when the data is synthetic) with the true one, by the same solver.
 """
 
 from __future__ import annotations
@@ -12,51 +10,49 @@ from pathlib import Path
 import torch
 
 from ddmops.config import InvertConfig
-from ddmops.data import load_image_set, save_image_set
+from ddmops.data import load_geometry, load_image_set, save_image_set
+from ddmops.ddm4ip.families import build_operator, input_geometry, input_size, load_arrays, positions
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.diffpir import diffpir
 from ddmops.io import read_json, save_npz
-from ddmops.operators.blur import Blur
-from ddmops.operators.kernels import load_kernel
 from pipelines.context import StageContext
-from pipelines.learn_operator import KERNEL_FILE
-from pipelines.prepare import FILES
-from pipelines.train_prior import PRIOR_FILE
+from pipelines.degrade import FILES as DEGRADED
+from pipelines.learn_operator import OPERATOR_FILE
+from pipelines.train_prior import prior_path
 
 
-def operator_kernel(cfg: InvertConfig, ctx: StageContext) -> tuple[torch.Tensor, str]:
-    """The kernel to restore with and where it came from."""
-    path = Path(cfg.operator) if cfg.operator else ctx.ws.path("operator", KERNEL_FILE)
-    if not path.is_absolute():
-        path = ctx.ws.root / path
-    return load_kernel(path), str(path)
+def operator_source(cfg: InvertConfig, ctx: StageContext, task: str) -> Path:
+    """Where the operator to restore with comes from (default: this workspace's learned one)."""
+    path = Path(cfg.operator) if cfg.operator else ctx.ws.path("operator", task, OPERATOR_FILE)
+    return path if path.is_absolute() else ctx.ws.root / path
 
 
-def run(cfg: InvertConfig, ctx: StageContext) -> dict[str, float]:
-    prepared, out = ctx.ws.path("prepared"), ctx.ws.path("restored")
-    meta = read_json(prepared / FILES["meta"])
-    sigma = meta["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
-    prior = FlowPrior.load(ctx.ws.path("priors", "clean", PRIOR_FILE), ctx.device)
-    y_all = torch.stack(load_image_set(prepared / FILES["test_degraded"]))
-    kernel, source = operator_kernel(cfg, ctx)
-    ctx.tracker.set_tags({"ddmops.operator": source})
-    kernels = {"learned": kernel}
-    if (prepared / FILES["kernel"]).exists():
-        kernels["oracle"] = load_kernel(prepared / FILES["kernel"])
+def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
+    folder = ctx.ws.path("degraded", task)
+    sigma = read_json(folder / DEGRADED["meta"])["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
+    prior = FlowPrior.load(prior_path(ctx, "clean"), ctx.device)
+    y_all = torch.stack(load_image_set(folder / DEGRADED["test_degraded"]))
+    y_geom = load_geometry(folder / DEGRADED["test_degraded"])
+    source = operator_source(cfg, ctx, task)
+    ctx.tracker.set_tags({"ddmops.operator": str(source)})
+    operators = {"learned": load_arrays(source)}
+    if (folder / DEGRADED["truth"]).exists():
+        operators["oracle"] = load_arrays(folder / DEGRADED["truth"])
 
     metrics: dict[str, float] = {}
-    for name, k in kernels.items():
-        op = Blur(k.to(ctx.device))
+    for name, arrays in operators.items():
+        x_geom = input_geometry(arrays, y_geom)
+        pos = positions(x_geom, input_size(arrays, tuple(y_all.shape[-2:])))
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
-        prior.nfe = 0
-        t0 = time.perf_counter()
-        restored = []
+        prior.nfe, restored, t0 = 0, [], time.perf_counter()
         for i in range(0, len(y_all), cfg.batch_size):
-            y = y_all[i:i + cfg.batch_size].to(ctx.device)
-            restored.append(diffpir(y, op, prior, sigma_n=sigma, steps=cfg.steps, lam=cfg.lam, zeta=cfg.zeta,
-                                    cg_iters=cfg.cg_iters, generator=g).cpu())
+            sl = slice(i, i + cfg.batch_size)
+            op = build_operator(arrays, pos[sl]).to(ctx.device)
+            restored.append(diffpir(y_all[sl].to(ctx.device), op, prior, sigma_n=sigma, steps=cfg.steps, lam=cfg.lam,
+                                    zeta=cfg.zeta, cg_iters=cfg.cg_iters, generator=g).cpu())
         seconds = time.perf_counter() - t0
-        save_npz(out / f"{name}.npz", save_image_set(list(torch.cat(restored)), quantise=False))
+        save_npz(ctx.ws.path("restored", task, f"{name}.npz"),
+                 save_image_set(list(torch.cat(restored)), quantise=False, geometry=x_geom))
         suffix = "" if name == "learned" else f"/{name}"
         batches = -(-len(y_all) // cfg.batch_size)
         metrics |= {f"sec_per_image{suffix}": seconds / len(y_all), f"nfe{suffix}": prior.nfe / batches}

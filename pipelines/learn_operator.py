@@ -1,53 +1,59 @@
-"""Stage `learn-operator`: DDM4IP step 2, the blur kernel from unpaired clean and degraded sets."""
+"""Stage `learn-operator@<task>`: DDM4IP step 2, the task's forward model from unpaired sets."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ddmops.config import LearnOperatorConfig
-from ddmops.data import PatchSampler, load_image_set
+from ddmops.data import PatchSampler, load_geometry, load_image_set
+from ddmops.ddm4ip.families import FAMILY, build_model, learned_arrays, load_arrays, psf_stack, psfs_like
 from ddmops.ddm4ip.learner import learn_operator, stack_errors
-from ddmops.ddm4ip.models import KernelModel
 from ddmops.flow.prior import FlowPrior
-from ddmops.io import load_array, read_json, save_array, save_png, write_json
-from ddmops.plots import kernels_side_by_side
+from ddmops.io import read_json, save_npz, save_png, write_json
+from ddmops.plots import psf_comparison
 from pipelines.context import StageContext
-from pipelines.prepare import FILES
-from pipelines.train_prior import PRIOR_FILE
+from pipelines.degrade import FILES as DEGRADED
+from pipelines.prepare import FILES as PREPARED
+from pipelines.train_prior import prior_path
 
-KERNEL_FILE, OPERATOR_FILE = "kernel.npy", "operator.json"
+OPERATOR_FILE, INFO_FILE = "operator.npz", "operator.json"
 
 
-def run(cfg: LearnOperatorConfig, ctx: StageContext) -> dict[str, float]:
-    prepared, out = ctx.ws.path("prepared"), ctx.ws.path("operator")
-    meta = read_json(prepared / FILES["meta"])
+def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, float]:
+    folder, out = ctx.ws.path("degraded", task), ctx.ws.path("operator", task)
+    meta = read_json(folder / DEGRADED["meta"])
     sigma = meta["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
-    prior = FlowPrior.load(ctx.ws.path("priors", "degraded", PRIOR_FILE), ctx.device)
-    model = KernelModel(cfg.kernel_size, cfg.init, torch.Generator().manual_seed(cfg.seed), cfg.param)
-    clean = PatchSampler(load_image_set(prepared / FILES["clean"]), model.input_size(int(prior.meta["patch_size"])),
-                         flips=True)
-    true_path = prepared / FILES["kernel"]
-    true_kernel = torch.from_numpy(load_array(true_path)) if true_path.exists() else None
+    prior = FlowPrior.load(prior_path(ctx, task), ctx.device)
+    model = build_model(task, cfg, torch.Generator().manual_seed(cfg.seed))
+    clean_file = ctx.ws.path("prepared") / PREPARED["clean"]
+    clean = PatchSampler(load_image_set(clean_file), model.input_size(int(prior.meta["patch_size"])), flips=True,
+                         geometry=load_geometry(clean_file))
+    truth = load_arrays(folder / DEGRADED["truth"]) if (folder / DEGRADED["truth"]).exists() else None
+    true_psfs = psf_stack(truth) if truth is not None else None
+    grid = tuple(truth["psf_grid"].shape[:2]) if truth is not None and "psf_grid" in truth else None
 
-    def on_kernels(k: torch.Tensor, images_seen: int) -> None:
-        shown = {"estimate": k[0]} | ({"truth": true_kernel} if true_kernel is not None else {})
-        ctx.tracker.log_image(kernels_side_by_side(shown), f"kernels/{images_seen:09d}.png")
+    def align(kernels: torch.Tensor) -> torch.Tensor:
+        return psfs_like(learned_arrays(task, kernels, cfg), truth) if truth is not None else kernels
 
-    result = learn_operator(cfg, model, clean, prior, sigma=sigma, device=ctx.device, tracker=ctx.tracker,
-                            checkpoint=ctx.ws.path("checkpoints", "learn-operator.pt"), run_key=ctx.run_key,
-                            truth=true_kernel[None] if true_kernel is not None else None,
-                            on_kernels=on_kernels, progress=ctx.progress)
-    kernel = result.kernels[0]
-    save_array(out / KERNEL_FILE, kernel.numpy())
-    write_json(out / OPERATOR_FILE, {"task": cfg.task, "family": "blur", "kernel_size": cfg.kernel_size,
-                                     "padding": "valid", "noise_sigma": sigma})
-    shown = {"estimate": kernel} | ({"truth": true_kernel} if true_kernel is not None else {})
-    save_png(out / "kernel.png", kernels_side_by_side(shown))
-    ctx.tracker.log_artifact(out / KERNEL_FILE, "operator")
-    ctx.tracker.log_artifact(out / OPERATOR_FILE, "operator")
-    ctx.tracker.log_artifact(out / "kernel.png", "operator")
-    metrics = {f"{k}": v for k, v in result.losses.items() if k.startswith("loss/")}
+    def compare(kernels: torch.Tensor) -> np.ndarray:
+        shown_grid = grid if truth is not None else (cfg.grid if task == "psf_grid" else None)
+        return psf_comparison(align(kernels), true_psfs, shown_grid)
+
+    result = learn_operator(
+        cfg, model, clean, prior, sigma=sigma, device=ctx.device, tracker=ctx.tracker,
+        checkpoint=ctx.ws.path("checkpoints", f"learn-operator-{task}.pt"), run_key=ctx.run_key,
+        truth=true_psfs, align=align,
+        on_kernels=lambda k, n: ctx.tracker.log_image(compare(k), f"operator/{n:09d}.png"), progress=ctx.progress)
+    arrays = learned_arrays(task, result.kernels, cfg)
+    save_npz(out / OPERATOR_FILE, arrays)
+    write_json(out / INFO_FILE, {"task": task, "family": FAMILY[task], "noise_sigma": sigma,
+                                 "shapes": {k: list(v.shape) for k, v in arrays.items()}})
+    save_png(out / "operator.png", compare(result.kernels))
+    for name in (OPERATOR_FILE, INFO_FILE, "operator.png"):
+        ctx.tracker.log_artifact(out / name, "operator")
+    metrics = {k: v for k, v in result.losses.items() if k.startswith("loss/")}
     metrics |= {"train/steps": result.steps, "train/images": result.images, "train/seconds": result.seconds}
-    if true_kernel is not None:
-        metrics |= stack_errors(kernel[None], true_kernel[None])
+    if truth is not None:
+        metrics |= stack_errors(align(result.kernels), true_psfs)
     return metrics

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from ddmops.config import RestoreConfig, TaskConfig
-from ddmops.data import load_image_set, save_image_set
+from ddmops.data import load_geometry, load_image_set, save_image_set
+from ddmops.ddm4ip.families import positions
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.dcdp import dcdp
 from ddmops.inversion.dps import dps
@@ -41,8 +42,9 @@ def job(cfg: RestoreConfig, task: str) -> RestoreJob:
 
 
 def problem(cfg: RestoreJob, ctx: StageContext) -> Problem:
-    x = torch.stack(load_image_set(ctx.ws.path("prepared") / FILES["test_clean"])[:cfg.images])
-    return make_problem(cfg.task, x, ctx.ws.root, cfg.seed)
+    path = ctx.ws.path("prepared") / FILES["test_clean"]
+    x = torch.stack(load_image_set(path)[:cfg.images])
+    return make_problem(cfg.task, x, ctx.ws.root, cfg.seed, positions(load_geometry(path)[:cfg.images], x.shape[-2:]))
 
 
 Method = Callable[[torch.Tensor, Problem, slice, FlowPrior, torch.Generator], torch.Tensor]

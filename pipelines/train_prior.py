@@ -1,33 +1,50 @@
-"""Stage `train-prior`: a flow-matching prior for one domain.
+"""Stage `train-prior@<domain>`: a flow-matching prior of one data domain.
 
-`degraded` is DDM4IP step 1 (the prior of the observations, used to learn the
-operator); `clean` is the image prior used for restoration.
+`clean` is the image prior used for restoration; `deblur`, `psf_grid` and `sr_kernel` are
+DDM4IP step 1: the prior of that task's observations, which `learn-operator` matches.
+Priors with position channels train on crops that carry their field positions.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ddmops.config import PriorConfig
-from ddmops.data import PatchSampler, load_image_set
+from ddmops.data import PatchSampler, load_geometry, load_image_set
 from ddmops.errors import DataError
 from ddmops.flow.train import train_prior
 from ddmops.io import read_json, save_png
 from ddmops.plots import mosaic
 from pipelines.context import StageContext
-from pipelines.prepare import FILES
+from pipelines.degrade import FILES as DEGRADED
+from pipelines.prepare import FILES as PREPARED
 
 PRIOR_FILE = "prior.safetensors"
 
 
+def domain_files(ctx: StageContext, domain: str) -> tuple[Path, Path]:
+    """(training set, held-out set) of a domain."""
+    if domain == "clean":
+        folder = ctx.ws.path("prepared")
+        return folder / PREPARED["clean"], folder / PREPARED["test_clean"]
+    folder = ctx.ws.path("degraded", domain)
+    return folder / DEGRADED["degraded"], folder / DEGRADED["test_degraded"]
+
+
+def prior_path(ctx: StageContext, domain: str) -> Path:
+    return ctx.ws.path("priors", domain, PRIOR_FILE)
+
+
 def run(cfg: PriorConfig, ctx: StageContext, domain: str) -> dict[str, float]:
-    prepared = ctx.ws.path("prepared")
-    meta = read_json(prepared / FILES["meta"])
-    images = load_image_set(prepared / FILES[domain])
-    sampler = PatchSampler(images, cfg.patch_size, flips=cfg.flips)
-    val = _val_patches(load_image_set(prepared / FILES[f"test_{domain}"]), cfg, domain)
-    out = ctx.ws.path("priors", domain)
-    checkpoint = ctx.ws.path("checkpoints", f"train-prior-{domain}.pt")
+    train_file, val_file = domain_files(ctx, domain)
+    meta = read_json(ctx.ws.path("prepared") / PREPARED["meta"])
+    sigma = 0.0 if domain == "clean" else read_json(ctx.ws.path("degraded", domain) / DEGRADED["meta"])["noise_sigma"]
+    sampler = PatchSampler(load_image_set(train_file), cfg.patch_size, flips=cfg.flips,
+                           geometry=load_geometry(train_file))
+    val, val_pos = _val_patches(val_file, cfg, domain)
+    out = prior_path(ctx, domain).parent
 
     def on_samples(x: torch.Tensor, images_seen: int) -> None:
         picture = mosaic(x)
@@ -36,8 +53,9 @@ def run(cfg: PriorConfig, ctx: StageContext, domain: str) -> dict[str, float]:
 
     prior, result = train_prior(
         cfg, sampler, val, img_channels=meta["channels"], device=ctx.device, tracker=ctx.tracker,
-        checkpoint=checkpoint, run_key=ctx.run_key, on_samples=on_samples, progress=ctx.progress,
-        meta={"domain": domain, "patch_size": cfg.patch_size, "noise_sigma": meta["noise_sigma"]}, dist=ctx.dist)
+        checkpoint=ctx.ws.path("checkpoints", f"train-prior-{domain}.pt"), run_key=ctx.run_key,
+        on_samples=on_samples, progress=ctx.progress, dist=ctx.dist, val_positions=val_pos,
+        meta={"domain": domain, "patch_size": cfg.patch_size, "noise_sigma": sigma})
     if ctx.dist.is_main:
         prior.save(out / PRIOR_FILE)
         ctx.tracker.log_artifact(out / PRIOR_FILE, "model")
@@ -46,9 +64,11 @@ def run(cfg: PriorConfig, ctx: StageContext, domain: str) -> dict[str, float]:
             "speed/images_per_sec": result.images_per_sec, "model/parameters": result.parameters}
 
 
-def _val_patches(images: list[torch.Tensor], cfg: PriorConfig, domain: str) -> torch.Tensor:
-    """cfg.eval_patches fixed crops of the held-out test images of this domain."""
+def _val_patches(path: Path, cfg: PriorConfig, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cfg.eval_patches fixed crops of the held-out images of this domain, with positions."""
+    images = load_image_set(path)
     if min(min(x.shape[-2:]) for x in images) < cfg.patch_size:
-        raise DataError(f"held-out {domain} test images are smaller than train_prior.{domain}.patch_size="
+        raise DataError(f"held-out {domain} images are smaller than train_prior.{domain}.patch_size="
                         f"{cfg.patch_size}: raise prepare.test_size")
-    return PatchSampler(images, cfg.patch_size).sample(cfg.eval_patches, torch.Generator().manual_seed(0))
+    sampler = PatchSampler(images, cfg.patch_size, geometry=load_geometry(path))
+    return sampler.sample_with_position(cfg.eval_patches, torch.Generator().manual_seed(0))

@@ -17,14 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The project's own params.yaml with every length cut down: the whole pipeline in about a minute.
 TINY = [
-    "prepare.max_side=96", "prepare.test_size=40", "prepare.test_crops=2",
-    "prepare.kernel.size=5", "prepare.kernel.std=[1.0, 1.0]",
-    *[f"train_prior.{d}.{k}" for d in ("degraded", "clean") for k in (
-        "model.channels=8", "patch_size=16", "images=512", "batch_size=16", "log_every=128",
+    "prepare.max_side=96", "prepare.test_size=40", "prepare.test_crops=2", "prepare.tile_size=32",
+    "degrade.deblur.size=5", "degrade.deblur.std=[1.0, 1.0]", "degrade.psf_grid.size=5",
+    "degrade.psf_grid.grid=[2, 2]", "degrade.sr_kernel.size=5",
+    *[f"train_prior.{d}.{k}" for d in ("clean", "deblur", "psf_grid", "sr_kernel") for k in (
+        "model.channels=8", "patch_size=12", "images=256", "batch_size=16", "log_every=128",
         "sample_every=256", "checkpoint_every=256", "eval_patches=8", "sample_steps=2")],
-    "learn_operator.kernel_size=5", "learn_operator.images=256", "learn_operator.batch_size=16",
-    "learn_operator.log_every=64", "learn_operator.plot_every=128", "learn_operator.checkpoint_every=128",
-    "invert.steps=3", "invert.cg_iters=5",
+    *[f"learn_operator.{t}.{k}" for t in ("deblur", "psf_grid", "sr_kernel") for k in (
+        "images=128", "batch_size=16", "log_every=64", "plot_every=64", "checkpoint_every=64")],
+    "learn_operator.deblur.kernel_size=5", "learn_operator.psf_grid.kernel_size=5",
+    "learn_operator.psf_grid.grid=[2, 2]", "learn_operator.sr_kernel.sr_struct=[3, 3, 1]",
+    "learn_operator.sr_kernel.sr_channels=4",
+    *[f"invert.{t}.{k}" for t in ("deblur", "psf_grid", "sr_kernel") for k in ("steps=3", "cg_iters=5")],
     "restore.images=1", "restore.batch_size=1",
     *[f"restore.{t}.{k}" for t in ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting",
                                    "superres", "phase_retrieval") for k in (

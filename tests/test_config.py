@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from ddmops.config import Params, load_params
+from ddmops.config import DDM4IP_TASKS, Params, load_params
 from ddmops.errors import ConfigError
 from ddmops.strict import apply_overrides, flatten, from_dict, to_dict
 from tests.conftest import REPO
@@ -12,7 +12,9 @@ from tests.conftest import REPO
 def test_project_params_load():
     params = load_params(REPO / "params.yaml")
     assert isinstance(params, Params)
-    assert params.train_prior.degraded.flips is False  # asymmetric kernels must not be flipped
+    for task in DDM4IP_TASKS:  # asymmetric operators must not be flipped
+        assert getattr(params.train_prior, task).flips is False
+    assert params.train_prior.psf_grid.model.position_channels
 
 
 def test_unknown_key_names_path_and_suggestion(tmp_path):
@@ -25,11 +27,11 @@ def test_unknown_key_names_path_and_suggestion(tmp_path):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("prepare.noise_sigma=abc", "expected a number"),
+    ("degrade.noise_sigma=abc", "expected a number"),
     ("prepare.channels=2", "not one of"),
     ("train_prior.clean.flips=1", "expected true or false"),
-    ("prepare.kernel.size=4", "odd"),
-    ("learn_operator.betas=[0.9]", "expected 2 values"),
+    ("degrade.deblur.size=4", "odd"),
+    ("learn_operator.deblur.betas=[0.9]", "expected 2 values"),
     ("prepare.test_fraction=1.5", "must lie in"),
     ("invert=3", "expected a mapping"),
 ])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ddmops.config import TASKS
+from ddmops.config import DDM4IP_TASKS, TASKS
 from tests.conftest import write_workspace
 
 BIN = Path(sys.executable).parent
@@ -37,13 +37,15 @@ def repro(tmp_path_factory):
 
 @pytest.mark.slow
 def test_repro_writes_metrics(repro):
-    metrics = json.loads((repro / "metrics" / "evaluate.json").read_text())
-    for key in ("psnr/input", "psnr/restored", "psnr/oracle", "ssim/restored", "kernel/ncc", "kernel/mae"):
-        assert key in metrics
-    assert 0 < metrics["kernel/ncc"] <= 1 + 1e-9
-    for stage in ("prepare", "train-prior-degraded", "train-prior-clean", "learn-operator", "invert"):
-        assert (repro / "metrics" / f"{stage}.json").is_file()
-    assert (repro / "reports" / "restoration_grid.png").is_file()
+    for task in DDM4IP_TASKS:
+        metrics = json.loads((repro / "metrics" / f"evaluate-{task}.json").read_text())
+        for key in ("psnr/input", "psnr/restored", "psnr/oracle", "ssim/restored", "kernel/ncc", "kernel/mae"):
+            assert key in metrics, (task, key)
+        assert 0 < metrics["kernel/ncc"] <= 1 + 1e-9
+        assert (repro / "reports" / task / "restoration_grid.png").is_file()
+        for stage in ("degrade", "train-prior", "learn-operator", "invert"):
+            assert (repro / "metrics" / f"{stage}-{task}.json").is_file()
+    assert (repro / "metrics" / "prepare.json").is_file()
     assert (repro / "dvc.lock").is_file()
     for task in TASKS:
         dcdp = json.loads((repro / "metrics" / f"invert-dcdp-{task}.json").read_text())
@@ -66,32 +68,33 @@ def test_mlflow_holds_runs_and_artifacts(repro):
     exp = mlflow.get_experiment_by_name("ddmops")
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
     stages = {r.data.tags.get("ddmops.stage"): r for r in runs if r.data.tags.get("ddmops.role") != "pipeline"}
-    assert set(stages) == {"prepare", "train-prior-degraded", "train-prior-clean", "learn-operator",
-                           "invert", "evaluate"} | {f"invert-{m}-{t}" for m in ("dcdp", "dps") for t in TASKS}
+    expected = {"prepare", "train-prior-clean"} | {f"{s}-{t}" for s in ("degrade", "train-prior", "learn-operator",
+                                                                      "invert", "evaluate") for t in DDM4IP_TASKS}
+    assert set(stages) == expected | {f"invert-{m}-{t}" for m in ("dcdp", "dps") for t in TASKS}
     parents = {r.data.tags["mlflow.parentRunId"] for r in stages.values()}
     assert len(parents) == 1  # one pipeline run groups them
     assert all(r.info.status == "FINISHED" for r in stages.values())
-    ev = stages["evaluate"]
+    ev = stages["evaluate-deblur"]
     assert "psnr/restored" in ev.data.metrics and ev.data.params  # metrics and resolved params logged
     client = mlflow.MlflowClient()
     files = {a.path for a in client.list_artifacts(ev.info.run_id)}
     assert {"restoration_grid.png", "kernel_vs_truth.png"} <= files
-    lo = stages["learn-operator"]
-    assert {a.path for a in client.list_artifacts(lo.info.run_id, "operator")} >= {"operator/kernel.npy"}
+    lo = stages["learn-operator-psf_grid"]
+    assert {a.path for a in client.list_artifacts(lo.info.run_id, "operator")} >= {"operator/operator.npz"}
     history = client.get_metric_history(stages["train-prior-clean"].info.run_id, "loss/train")
     assert len(history) >= 2 and history[-1].step > history[0].step  # a curve, stepped by images seen
     assert stages["prepare"].data.tags["ddmops.data.data/source"]  # input digests recorded
 
 
 def test_cli_rejects_unknown_key(tiny_workspace):
-    result = sh(["ddmops", "run", "prepare", "--set", "prepare.noise_sigmaa=0.1"], tiny_workspace)
+    result = sh(["ddmops", "run", "prepare", "--set", "degrade.noise_sigmaa=0.1"], tiny_workspace)
     assert result.returncode == 1
-    assert "prepare.noise_sigmaa" in result.stderr and "noise_sigma" in result.stderr
+    assert "degrade.noise_sigmaa" in result.stderr and "did you mean 'degrade.noise_sigma'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_cli_rejects_unknown_stage_and_missing_inputs(tiny_workspace):
     result = sh(["ddmops", "run", "train-everything"], tiny_workspace)
     assert result.returncode == 1 and "unknown stage" in result.stderr
-    result = sh(["ddmops", "run", "learn-operator"], tiny_workspace)  # prepare has not run
+    result = sh(["ddmops", "run", "learn-operator", "--task", "deblur"], tiny_workspace)  # nothing has run
     assert result.returncode == 1 and "meta.json" in result.stderr and "Traceback" not in result.stderr

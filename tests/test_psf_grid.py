@@ -90,3 +90,19 @@ def test_models_input_sizes_match_prior_patch(generator):
     assert torch.allclose(grid.kernels().sum((-1, -2)), torch.ones(16))
     with pytest.raises(ValueError, match="positions"):
         grid(x)
+
+
+def test_restoration_task_accepts_a_learned_grid(tmp_path, generator):
+    import numpy as np
+
+    from ddmops.config import TaskConfig, TaskOperatorConfig
+    from ddmops.ddm4ip.families import positions
+    from ddmops.tasks import make_problem
+    grid = random_grid(generator).float().numpy()
+    np.savez(tmp_path / "operator.npz", psf_grid=grid)
+    cfg = TaskConfig(operator=TaskOperatorConfig(kind="learned", source=str(tmp_path / "operator.npz")))
+    x = torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1
+    pos = positions(torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 2), (16, 16))
+    p = make_problem(cfg, x, tmp_path, 0, pos)
+    assert p.y.shape == (2, 3, 12, 12)
+    torch.testing.assert_close(p.op.A(x), PsfGrid(torch.as_tensor(grid), pos).A(x))

@@ -48,10 +48,12 @@ def stack_errors(est: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
 def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: PatchSampler,
                    degraded_prior: FlowPrior, *, sigma: float, device: torch.device, tracker: Tracker,
                    checkpoint: Path, run_key: str, truth: torch.Tensor | None = None,
+                   align: Callable[[torch.Tensor], torch.Tensor] = lambda k: k,
                    on_kernels: Callable[[torch.Tensor, int], None] | None = None,
                    progress: bool = True) -> OperatorLearnResult:
     """Learn ``model``'s parameters. ``clean`` samples crops of model.input_size(P) for the
-    prior's patch size P; ``truth`` (N, K, K), when known, only feeds the logged error curves."""
+    prior's patch size P; ``truth`` (N, K, K), when known, only feeds the logged error curves,
+    against ``align`` of the model's PSFs (the estimate at the truth's PSF positions)."""
     data_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     model = model.to(device)
@@ -138,7 +140,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
                 logged = {k: sum(v) / len(v) for k, v in window.items()}
                 window = {}
                 if truth is not None:
-                    logged |= stack_errors(ema.cpu(), truth.cpu())
+                    logged |= stack_errors(align(ema.cpu()), truth.cpu())
                 tracker.log_metrics(logged, step=images)
                 bar.update(step, " ".join(f"{k.split('/')[-1]} {v:.3g}" for k, v in logged.items()
                                           if k in ("loss/dm", "kernel/ncc")))
