@@ -28,14 +28,14 @@ def operator_source(cfg: InvertConfig, ctx: StageContext, task: str) -> Path:
 
 
 def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
+    source = operator_source(cfg, ctx, task)
+    ctx.tracker.set_tags({"ddmops.operator": str(source)})
+    operators = {"learned": load_arrays(source)}
     folder = ctx.ws.path("degraded", task)
     sigma = read_json(folder / DEGRADED["meta"])["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
     prior = FlowPrior.load(prior_path(ctx, "clean"), ctx.device)
     y_all = torch.stack(load_image_set(folder / DEGRADED["test_degraded"]))
     y_geom = load_geometry(folder / DEGRADED["test_degraded"])
-    source = operator_source(cfg, ctx, task)
-    ctx.tracker.set_tags({"ddmops.operator": str(source)})
-    operators = {"learned": load_arrays(source)}
     if (folder / DEGRADED["truth"]).exists():
         operators["oracle"] = load_arrays(folder / DEGRADED["truth"])
 
