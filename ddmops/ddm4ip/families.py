@@ -130,7 +130,7 @@ def positions(geometry: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def load_arrays(source: str | Path) -> Arrays:
     """An operator from a file: .npz of arrays (as `learn-operator` writes), or a .npy
-    kernel (K, K) / PSF grid (Gy, Gx, K, K); every PSF is checked (odd, square, finite, sums to 1)."""
+    kernel (K, K) / PSF grid (Gy, Gx, K, K); every PSF is checked (odd, square, finite, >= 0, sums to 1)."""
     path = Path(source)
     if not path.is_file():
         raise DataError(f"{path}: operator file not found")
@@ -149,7 +149,7 @@ def load_arrays(source: str | Path) -> Arrays:
     if not {"kernel", "psf_grid"} & set(arrays):
         raise DataError(f"{path}: an operator file holds 'kernel' or 'psf_grid', found {sorted(arrays)}")
     key = "psf_grid" if "psf_grid" in arrays else "kernel"
-    arrays[key] = validate_psf(arrays[key], f"{path}:{key}").numpy()
+    validate_psf(arrays[key], f"{path}:{key}")  # checked; kept as stored, bit for bit
     return arrays
 
 
