@@ -12,17 +12,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from cli.common import ParamsOpt, SetOpt, fail
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ddmops: unsupervised imaging inverse problems (DDM4IP, DCDP) with DVC, MLflow and Optuna.")
-err = Console(stderr=True)
-
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file; its folder is the workspace")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override a param: section.key=value")]
-
-
-def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -101,8 +94,9 @@ def ui(
 
 
 def _register_subcommands() -> None:
-    from cli import psf, team
+    from cli import psf, runs, team
     app.add_typer(psf.app, name="psf")
+    runs.register(app)
     team.register(app)
 
 

@@ -19,7 +19,7 @@ def add(
     params: Annotated[Path, typer.Option("--params", "-p")] = Path("params.yaml"),
 ) -> None:
     """Validate a measured PSF and add it to paths.psfs, tracked by DVC."""
-    from cli.app import fail
+    from cli.common import fail
     from ddmops.config import load_params
     from ddmops.errors import DdmopsError
     from ddmops.psf_assets import add_psf, dvc_track

@@ -36,7 +36,7 @@ def server(
     check: Annotated[bool, typer.Option(help="check an s3:// artifact store is writable before starting")] = True,
 ) -> None:
     """Start an MLflow tracking server for a team (Ctrl-C stops it)."""
-    from cli.app import fail
+    from cli.common import fail
     from ddmops.errors import DdmopsError
     from ddmops.remote import check_bucket, is_s3, target_from_url
     from ddmops.server import ServerSpec, artifact_location, redact, start
@@ -79,7 +79,7 @@ def remote_check(
     timeout: Annotated[float, typer.Option(help="seconds each request may take")] = 5.0,
 ) -> None:
     """Check that an S3 bucket is reachable and writable with this machine's credentials."""
-    from cli.app import fail
+    from cli.common import fail
     from ddmops.errors import DdmopsError
     from ddmops.remote import check_bucket, target_from_dvc, target_from_url
     from ddmops.tracking import quiet_environment

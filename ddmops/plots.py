@@ -108,3 +108,28 @@ def psf_comparison(estimate: torch.Tensor, truth: torch.Tensor | None, grid: tup
     vmax = max(est.max().item(), tru.max().item(), 1e-12)
     return _hstack([_label(psf_mosaic(p, grid, vmax), name) for name, p in
                     (("estimate", est), ("truth", tru), ("|error|", (est - tru).abs()))])
+
+
+def curves_chart(rows: list[dict[str, float]], title: str = "") -> np.ndarray:
+    """One panel per metric family (the part before '/': loss, kernel, ...) of ``rows``
+    ``{"step": s, name: value, ...}``, against the step (images seen)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k for r in rows for k in r if k != "step"})
+    families = sorted({n.split("/")[0] for n in names})
+    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3), squeeze=False, dpi=80)
+    for ax, family in zip(axes[0], families):
+        for name in (n for n in names if n.split("/")[0] == family):
+            pts = [(r["step"], r[name]) for r in rows if name in r]
+            ax.plot(*zip(*pts), label=name, marker="." if len(pts) < 30 else None)
+        ax.set_xlabel("step")
+        ax.set_title(family)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image

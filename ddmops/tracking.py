@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
@@ -116,14 +117,17 @@ class MlflowTracker:
     @classmethod
     @contextlib.contextmanager
     def open(cls, *, root: Path, experiment: str, stage: str, run_key: str, pipeline: str,
-             tags: Mapping[str, str] | None = None) -> Iterator["MlflowTracker"]:
+             tags: Mapping[str, str] | None = None, datasets: Mapping[str, str] | None = None,
+             system_metrics: bool = False) -> Iterator["MlflowTracker"]:
         """Start (or resume) the run of ``stage`` under the pipeline's parent run (or under the
         run of `mlflow run`, when called from an MLproject entry point).
 
         A run that did not finish (killed, failed) with the same ``run_key`` - the
         stage, its config and its input data - is resumed instead of starting anew, so
         metrics continue where the checkpoint does. On an exception the run is marked
-        FAILED with the error message as tag ``ddmops.error``.
+        FAILED with the error message as tag ``ddmops.error``. ``datasets`` (path -> DVC
+        digest) become the run's MLflow dataset inputs; ``system_metrics`` samples CPU,
+        memory (and GPU, with pynvml) while the run lasts.
         """
         quiet_environment()
         uri = default_tracking_uri(root)
@@ -145,11 +149,14 @@ class MlflowTracker:
             order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
         all_tags = {TAG_STAGE: stage, TAG_PIPELINE: pipeline, TAG_RUN_KEY: run_key, **(tags or {})}
         if unfinished:
-            run = mlflow.start_run(run_id=unfinished[0].info.run_id)
+            run = mlflow.start_run(run_id=unfinished[0].info.run_id, log_system_metrics=system_metrics)
             mlflow.set_tags({**all_tags, "ddmops.resumed": "true"})
         else:
-            run = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=all_tags)
+            run = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=all_tags,
+                                   log_system_metrics=system_metrics)
         try:
+            if not unfinished:
+                _log_datasets(mlflow, root, datasets or {})
             yield cls(run.info.run_id)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}"[:4000]
@@ -185,6 +192,44 @@ class MlflowTracker:
     def set_tags(self, tags):
         import mlflow
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+    def curves(self) -> list[dict[str, float]]:
+        """Every metric logged at more than one step, as rows ``{"step": s, name: value, ...}``
+        sorted by step: the whole run, across resumes (read back from the store)."""
+        import mlflow
+        client = mlflow.MlflowClient()
+        rows: dict[int, dict[str, float]] = {}
+        for key in client.get_run(self.run_id).data.metrics:
+            history = client.get_metric_history(self.run_id, key)
+            if len({m.step for m in history}) > 1:
+                for m in sorted(history, key=lambda m: m.timestamp):  # a resumed step: the last value
+                    rows.setdefault(m.step, {"step": m.step})[key] = m.value
+        return [rows[s] for s in sorted(rows)]
+
+
+def _log_datasets(mlflow, root: Path, datasets: Mapping[str, str]) -> None:
+    """Each input path as an MLflow dataset whose digest is its DVC hash."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    found = []
+    for name, digest in datasets.items():
+        if digest:  # '' : the path does not exist (an optional input)
+            path = Path(name) if Path(name).is_absolute() else Path(root) / name
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local-file sources
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(str(path.resolve()))
+            found.append(MetaDataset(source, name=name, digest=digest))
+    if found:
+        mlflow.log_inputs(datasets=found, contexts=["input"] * len(found), tags_list=[{}] * len(found))
+
+
+def use_tracking(uri: str) -> None:
+    """Point this process's MLflow client (runs and model registry) at ``uri``, quietly."""
+    quiet_environment()
+    import mlflow
+    _set_tracking_uri(mlflow, uri)
 
 
 def _set_tracking_uri(mlflow, uri: str) -> None:

@@ -24,6 +24,8 @@ class Stage:
     items: tuple[str, ...] = ()  # a stage run once per item
     help: str = ""
     distributed: bool = False  # may run under torchrun with several processes
+    long: bool = False  # records system metrics (CPU, memory, GPU) while it runs
+    curves: bool = False  # writes its metric curves for `dvc plots` (metrics/curves/<run>.json)
     # the config a run receives, from its section and item (default: section.<item>)
     select: Callable | None = None
 
@@ -48,19 +50,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train-prior", "train_prior", train_prior.run,
           lambda ws, d: [ws.path("prepared") if d == "clean" else ws.path("degraded", d)], items=DOMAINS,
           help="flow-matching prior of one domain (a task's observations: DDM4IP step 1; clean: restoration)",
-          distributed=True),
+          distributed=True, long=True, curves=True),
     Stage("learn-operator", "learn_operator", learn_operator.run, items=DDM4IP_TASKS,
           inputs=lambda ws, t: [ws.path("prepared"), ws.path("degraded", t), ws.path("priors", t)],
-          help="the task's forward model by distribution matching (DDM4IP step 2)"),
+          help="the task's forward model by distribution matching (DDM4IP step 2)", long=True, curves=True),
     Stage("invert", "invert", invert.run, items=DDM4IP_TASKS,
           inputs=lambda ws, t: [ws.path("degraded", t), ws.path("priors", "clean"), ws.path("operator", t)],
-          help="restore the task's test images with the learned and the true operator (DDM4IP step 3)"),
+          help="restore the task's test images with the learned and the true operator (DDM4IP step 3)", long=True),
     Stage("evaluate", "evaluate", evaluate.run, items=DDM4IP_TASKS, select=_whole,
           inputs=lambda ws, t: [ws.path("prepared"), ws.path("degraded", t), ws.path("operator", t),
                                 ws.path("restored", t)],
           help="PSNR/SSIM and operator errors in one table"),
     Stage("invert-dcdp", "restore", restore.run_dcdp, lambda ws, _: [ws.path("prepared"), ws.path("priors", "clean")],
-          items=TASKS, select=restore.job, help="DCDP restoration (ODE and Tweedie purification) of one task"),
+          items=TASKS, select=restore.job, help="DCDP restoration (ODE and Tweedie purification) of one task",
+          long=True),
     Stage("invert-dps", "restore", restore.run_dps, lambda ws, _: [ws.path("prepared"), ws.path("priors", "clean")],
-          items=TASKS, select=restore.job, help="DPS baseline on the same prior and problem"),
+          items=TASKS, select=restore.job, help="DPS baseline on the same prior and problem", long=True),
 )}

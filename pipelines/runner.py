@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from ddmops.distributed import from_environment, shutdown
 from ddmops.errors import ConfigError
 from ddmops.hashing import config_digest, path_digest
 from ddmops.io import write_json
+from ddmops.plots import curves_chart
 from ddmops.strict import flatten, to_dict
 from ddmops.tracking import MlflowTracker
 from ddmops.workspace import Workspace
@@ -62,17 +64,21 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
                                            nan_policy=nan_policy), item)
             return {}
         tags = {"ddmops.item": item or "", "ddmops.device": str(dev), "ddmops.processes": str(dist.world),
+                "ddmops.dvc_exp": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
                 "ddmops.git_commit": _git_commit(ws.root), "ddmops.version": ddmops.__version__,
                 "ddmops.torch": torch.__version__, "ddmops.python": platform.python_version(),
                 **{f"ddmops.data.{k}": v for k, v in digests.items()}}
-        section = f"{stage.section}.{item}" if item else stage.section
+        section = f"{stage.section}.{item}" if item and stage.select is None else stage.section
         with MlflowTracker.open(root=ws.root, experiment=params.tracking.experiment, stage=stage.output_name(item),
-                                run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags) as tracker:
+                                run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags,
+                                datasets=digests, system_metrics=stage.long) as tracker:
             tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
             ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist,
                                nan_policy=nan_policy)
             metrics = _call(stage, cfg, ctx, item)
             tracker.log_metrics(metrics)
+            if stage.curves:
+                _write_curves(ws, tracker, stage.output_name(item))
             write_json(ws.metrics_file(stage.output_name(item)), metrics)
         return metrics
     finally:
@@ -81,6 +87,14 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
 
 def _call(stage: Stage, cfg, ctx: StageContext, item: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in stage.run(cfg, ctx, *([item] if item else [])).items()}
+
+
+def _write_curves(ws: Workspace, tracker: MlflowTracker, name: str) -> None:
+    """The run's metric curves for `dvc plots` (JSON rows) and as a picture in the run."""
+    rows = tracker.curves()
+    write_json(ws.path("metrics", "curves", f"{name}.json"), rows)
+    if rows:
+        tracker.log_image(curves_chart(rows, name), "curves.png")
 
 
 def _git_commit(root: Path) -> str:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ddmops.config import DDM4IP_TASKS, TASKS
 from tests.conftest import write_workspace
@@ -84,6 +85,24 @@ def test_mlflow_holds_runs_and_artifacts(repro):
     history = client.get_metric_history(stages["train-prior-clean"].info.run_id, "loss/train")
     assert len(history) >= 2 and history[-1].step > history[0].step  # a curve, stepped by images seen
     assert stages["prepare"].data.tags["ddmops.data.data/source"]  # input digests recorded
+    # inputs as MLflow datasets carrying their DVC hash; curves for `dvc plots` and as a picture
+    lo_inputs = {i.dataset.name: i.dataset.digest for i in client.get_run(lo.info.run_id).inputs.dataset_inputs}
+    lock = yaml.safe_load((repro / "dvc.lock").read_text())["stages"]["learn-operator@psf_grid"]["deps"]
+    assert lo_inputs == {d["path"]: d["md5"] for d in lock}
+    for name in ("train-prior-clean", "learn-operator-deblur"):
+        assert "curves.png" in {a.path for a in client.list_artifacts(stages[name].info.run_id)}
+    rows = json.loads((repro / "metrics" / "curves" / "learn-operator-deblur.json").read_text())
+    assert len(rows) >= 2 and all("kernel/ncc" in r and "loss/dm" in r for r in rows)
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
+
+
+@pytest.mark.slow
+def test_dvc_plots_read_the_curves(repro):
+    result = sh(["dvc", "plots", "show", "--json"], repro)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    for plot in ("flow-matching loss", "distribution-matching loss", "kernel error"):
+        assert shown[plot] and not shown.get("errors"), (plot, shown.get("errors"))
 
 
 def test_cli_rejects_unknown_key(tiny_workspace):

@@ -51,3 +51,38 @@ def test_checkpoint_of_another_config_is_ignored(tmp_path, generator):
     other = train_prior(cfg, sampler, val, img_channels=3, device=torch.device("cpu"), tracker=NullTracker(),
                         checkpoint=tmp_path / "c.pt", run_key="other", meta={}, progress=False)
     assert other[1].images_per_sec > 0  # trained from scratch rather than resumed
+
+
+def test_operator_learning_resumes_exactly(tmp_path, generator):
+    """learn-operator killed after a checkpoint and rerun ends with the kernel (and the
+    auxiliary flow) of an uninterrupted run."""
+    from ddmops.config import LearnOperatorConfig
+    from ddmops.ddm4ip.learner import learn_operator
+    from ddmops.ddm4ip.models import KernelModel
+
+    cfg, sampler, val = setup(generator)
+    prior, _ = run(cfg, sampler, val, tmp_path / "prior.pt")
+    op_cfg = LearnOperatorConfig(kernel_size=3, batch_size=4, images=48, log_every=16, plot_every=16,
+                                 checkpoint_every=16)
+    clean = PatchSampler(sampler.images, KernelModel(3, "gaussian", generator).input_size(8), flips=True)
+
+    def learn(ckpt, on_kernels=None):
+        model = KernelModel(3, "gaussian", torch.Generator().manual_seed(0))
+        return learn_operator(op_cfg, model, clean, prior, sigma=0.02, device=torch.device("cpu"),
+                              tracker=NullTracker(), checkpoint=ckpt, run_key="k", on_kernels=on_kernels,
+                              progress=False)
+
+    def stop_at_32(kernels, images):
+        if images == 32:
+            raise Stop  # killed before the checkpoint at 32 images (plots come first)
+
+    full = learn(tmp_path / "a.pt")
+    with pytest.raises(Stop):
+        learn(tmp_path / "b.pt", on_kernels=stop_at_32)
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 4  # the checkpoint at 16 images
+    resumed = learn(tmp_path / "b.pt")
+    assert resumed.steps == full.steps == 12
+    torch.testing.assert_close(resumed.kernels, full.kernels, rtol=0, atol=1e-6)
+    a, b = (torch.load(tmp_path / f, weights_only=True)["aux"] for f in ("a.pt", "b.pt"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
