@@ -96,9 +96,10 @@ def ui(
 
 
 def _register_subcommands() -> None:
-    from cli import psf, team
+    from cli import psf, registry, team
     app.add_typer(psf.app, name="psf")
     team.register(app)
+    registry.register(app)
 
 
 _register_subcommands()

@@ -153,6 +153,13 @@ class MlflowTracker:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+def use_tracking(uri: str) -> None:
+    """Point this process's MLflow client (runs and model registry) at ``uri``, quietly."""
+    quiet_environment()
+    import mlflow
+    _set_tracking_uri(mlflow, uri)
+
+
 def _set_tracking_uri(mlflow, uri: str) -> None:
     """Point MLflow at ``uri`` without leaving it in the environment (``set_tracking_uri``
     exports MLFLOW_TRACKING_URI, which would send a later workspace of this process, or a
