@@ -18,7 +18,7 @@ from ddmops.ddm4ip.families import positions, resolve_operator
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.dcdp import dcdp
 from ddmops.inversion.dps import dps
-from ddmops.io import save_npz, write_json
+from ddmops.io import save_npz
 from ddmops.metrics import psnr, ssim
 from ddmops.plots import image_grid
 from ddmops.tasks import Problem, make_problem
@@ -41,16 +41,15 @@ def job(cfg: RestoreConfig, task: str) -> RestoreJob:
     return RestoreJob(cfg.images, cfg.batch_size, cfg.seed, getattr(cfg, task))
 
 
-def problem(cfg: RestoreJob, ctx: StageContext, task: str) -> Problem:
+def problem(cfg: RestoreJob, ctx: StageContext) -> Problem:
     """The seeded problem. A learned operator (a file or an MLflow model URI) is resolved once,
-    and which it was (the version an alias named) goes into run tags and beside the results."""
+    and which it was (the version an alias named) goes into the run's tags."""
     path = ctx.ws.path("prepared") / FILES["test_clean"]
     x = torch.stack(load_image_set(path)[:cfg.images])
     learned = None
     if cfg.task.operator.kind == "learned":
         learned, provenance = resolve_operator(cfg.task.operator.source, ctx.ws.root)
         ctx.tracker.set_tags(provenance)
-        write_json(ctx.ws.path("tasks", task, "operator_source.json"), provenance)
     return make_problem(cfg.task, x, ctx.ws.root, cfg.seed, positions(load_geometry(path)[:cfg.images], x.shape[-2:]),
                         learned)
 
@@ -97,7 +96,7 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
 
 def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: str) -> dict[str, float]:
     prior = FlowPrior.load(ctx.ws.path("priors", "clean", PRIOR_FILE), ctx.device)
-    p = problem(cfg, ctx, task)
+    p = problem(cfg, ctx)
     results = restore(methods, cfg, ctx, prior, p)
     out = ctx.ws.path("tasks", task)
     metrics: dict[str, float] = {}

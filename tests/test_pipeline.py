@@ -105,7 +105,8 @@ def test_learned_operators_are_registered_then_promoted(repro):
     result = sh(["ddmops", "registry", "promote", "--task", "psf_grid"], repro)
     assert result.returncode == 0 and "promoted: first champion" in result.stdout, result.stderr
     arrays, _ = fetch_operator("models:/ddmops-psf-grid@champion")
-    np.testing.assert_array_equal(arrays["psf_grid"], load_arrays(repro / "models" / "operator" / "psf_grid")["psf_grid"])
+    learned = load_arrays(repro / "models" / "operator" / "psf_grid")
+    np.testing.assert_array_equal(arrays["psf_grid"], learned["psf_grid"])
 
 
 def test_cli_rejects_unknown_key(tiny_workspace):

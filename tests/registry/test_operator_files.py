@@ -58,8 +58,8 @@ def test_apply_is_the_projects_operator():
     expected = Blur(torch.from_numpy(k)).A(x[:, :1])[0, 0]
     np.testing.assert_array_equal(ServedOperator({"kernel": k}).apply(image[..., 0]), expected.numpy())
     same = np.ascontiguousarray(np.broadcast_to(k, (3, 2, 5, 5)))  # every node alike: the uniform blur
-    np.testing.assert_allclose(ServedOperator({"psf_grid": same}).apply(image), ServedOperator({"kernel": k}).apply(image),
-                               atol=1e-6)
+    np.testing.assert_allclose(ServedOperator({"psf_grid": same}).apply(image),
+                               ServedOperator({"kernel": k}).apply(image), atol=1e-6)
     delta = np.zeros((3, 3), np.float32)
     delta[0, 0] = 1  # true convolution, 'valid': a delta in the kernel's corner picks x[i + 2, j + 2]
     np.testing.assert_array_equal(ServedOperator({"kernel": delta}).apply(image), image[2:, 2:])
