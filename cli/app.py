@@ -35,6 +35,8 @@ def run(
     overrides: SetOpt = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: GPU if present)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    nan_policy: Annotated[str, typer.Option(help="non-finite loss in training: stop (keep the last good "
+                                            "checkpoint) or skip-batch")] = "stop",
 ) -> None:
     """Run one pipeline stage (what `dvc repro` calls)."""
     from ddmops.tracking import quiet_environment
@@ -45,7 +47,10 @@ def run(
 
     try:
         cfg = load_params(params, overrides)
-        metrics = run_stage(stage, cfg, params.resolve().parent, item=item, device=device, progress=progress)
+        if nan_policy not in ("stop", "skip-batch"):
+            raise DdmopsError(f"--nan-policy {nan_policy!r}: use 'stop' or 'skip-batch'")
+        metrics = run_stage(stage, cfg, params.resolve().parent, item=item, device=device, progress=progress,
+                            nan_policy=nan_policy)
     except DdmopsError as exc:
         fail(str(exc))
     out = Console()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ddmops.errors import DataError
+from ddmops.errors import DataError, TrainingError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -65,8 +65,13 @@ def load_array(path: Path) -> np.ndarray:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Save a dict of tensors and plain values (loadable with ``weights_only=True``)."""
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    """Save a dict of tensors and plain values (loadable with ``weights_only=True``). A failed
+    write (disk full, ...) leaves the previous checkpoint as it was."""
+    try:
+        atomic_write(path, lambda fh: torch.save(state, fh))
+    except OSError as exc:
+        kept = "the previous checkpoint is intact" if Path(path).exists() else "no checkpoint was written"
+        raise TrainingError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

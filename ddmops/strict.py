@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
@@ -17,6 +18,7 @@ import yaml
 from ddmops.errors import ConfigError
 
 T = TypeVar("T")
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
@@ -118,6 +120,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{_where(path)}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # 1e-4: a number in YAML 1.2 (DVC), a string to PyYAML
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{_where(path)}: expected a number, got {value!r}")
         return float(value)

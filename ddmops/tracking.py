@@ -9,6 +9,7 @@ store ``<workspace>/mlruns.db`` with artifacts under ``<workspace>/mlruns``;
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 
 # Nothing may wait on the network: telemetry and update checks off unless the user says otherwise.
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
-             "DVC_NO_UPDATE_CHECK": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+             "DVC_NO_UPDATE_CHECK": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
+             "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 TAG_STAGE, TAG_PIPELINE, TAG_RUN_KEY, TAG_ROLE = "ddmops.stage", "ddmops.pipeline", "ddmops.run_key", "ddmops.role"
 
@@ -26,6 +28,8 @@ TAG_STAGE, TAG_PIPELINE, TAG_RUN_KEY, TAG_ROLE = "ddmops.stage", "ddmops.pipelin
 def quiet_environment() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    for name in ("mlflow", "alembic"):  # store creation and migrations talk at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Tracker(Protocol):
@@ -65,8 +69,37 @@ class NullTracker:
         pass
 
 
+SQLITE_TIMEOUT_S = 60  # how long a writer waits for another process's transaction
+
+
 def embedded_uri(root: Path) -> str:
-    return f"sqlite:///{(Path(root) / 'mlruns.db').resolve()}"
+    return f"sqlite:///{(Path(root) / 'mlruns.db').resolve()}?timeout={SQLITE_TIMEOUT_S}"
+
+
+@contextlib.contextmanager
+def sqlite_setup(uri: str) -> Iterator[None]:
+    """For an SQLite store: hold a lock file while the store is created or migrated (several
+    processes may start at once: a `dvc repro`, tuning workers) and switch it to WAL, so
+    readers never block the writer and writers wait for each other instead of failing."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    import sqlite3
+
+    db = Path(uri[len("sqlite:///"):].split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            con = sqlite3.connect(db, timeout=SQLITE_TIMEOUT_S)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")  # persistent: stays set in the file
+            finally:
+                con.close()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def default_tracking_uri(root: Path) -> str:
@@ -101,11 +134,12 @@ class MlflowTracker:
 
         _set_tracking_uri(mlflow, uri)
         outer = os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: it becomes the parent
-        if outer:
-            exp_id, parent = mlflow.get_run(outer).info.experiment_id, outer
-        else:
-            exp_id = _experiment_id(mlflow, experiment, root, embedded=uri == embedded_uri(root))
-            parent = _pipeline_parent(mlflow, exp_id, pipeline)
+        with sqlite_setup(uri):
+            if outer:
+                exp_id, parent = mlflow.get_run(outer).info.experiment_id, outer
+            else:
+                exp_id = _experiment_id(mlflow, experiment, root, embedded=uri == embedded_uri(root))
+                parent = _pipeline_parent(mlflow, exp_id, pipeline)
         unfinished = mlflow.search_runs(
             [exp_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}' and attributes.status != 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=1, output_format="list")

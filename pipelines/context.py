@@ -19,3 +19,4 @@ class StageContext:
     run_key: str = ""  # identifies stage + config + inputs: checkpoints resume only on a match
     progress: bool = True
     dist: Dist = field(default_factory=Dist)  # process group under torchrun (train-prior only)
+    nan_policy: str = "stop"  # non-finite loss in training: 'stop' or 'skip-batch'

@@ -28,15 +28,15 @@ def learned_operator(cfg: InvertConfig, ctx: StageContext, task: str) -> tuple[A
 
 
 def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
+    learned, provenance = learned_operator(cfg, ctx, task)  # first: a bad operator fails before any work
+    ctx.tracker.set_tags(provenance)
+    write_json(ctx.ws.path("restored", task, "operator_source.json"), provenance)  # the results name their operator
+    operators = {"learned": learned}
     folder = ctx.ws.path("degraded", task)
     sigma = read_json(folder / DEGRADED["meta"])["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
     prior = FlowPrior.load(prior_path(ctx, "clean"), ctx.device)
     y_all = torch.stack(load_image_set(folder / DEGRADED["test_degraded"]))
     y_geom = load_geometry(folder / DEGRADED["test_degraded"])
-    learned, provenance = learned_operator(cfg, ctx, task)
-    ctx.tracker.set_tags(provenance)
-    write_json(ctx.ws.path("restored", task, "operator_source.json"), provenance)  # the results name their operator
-    operators = {"learned": learned}
     if (folder / DEGRADED["truth"]).exists():
         operators["oracle"] = load_arrays(folder / DEGRADED["truth"])
 

@@ -44,7 +44,8 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
         cfg, model, clean, prior, sigma=sigma, device=ctx.device, tracker=ctx.tracker,
         checkpoint=ctx.ws.path("checkpoints", f"learn-operator-{task}.pt"), run_key=ctx.run_key,
         truth=true_psfs, align=align,
-        on_kernels=lambda k, n: ctx.tracker.log_image(compare(k), f"operator/{n:09d}.png"), progress=ctx.progress)
+        on_kernels=lambda k, n: ctx.tracker.log_image(compare(k), f"operator/{n:09d}.png"), progress=ctx.progress,
+        nan_policy=ctx.nan_policy)
     arrays = learned_arrays(task, result.kernels, cfg)
     save_npz(out / OPERATOR_FILE, arrays)
     write_json(out / INFO_FILE, {"task": task, "family": FAMILY[task], "noise_sigma": sigma,

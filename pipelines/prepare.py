@@ -39,6 +39,11 @@ def run(cfg: PrepareConfig, ctx: StageContext) -> dict[str, float]:
     if len(photos) < 2:
         raise DataError(f"{ctx.ws.path('source')}: need at least 2 images (test images are held out), "
                         f"found {len(photos)}")
+    need = max(cfg.test_size, cfg.tile_size if cfg.split == "tiles" else 0)
+    for name, img in photos:
+        if min(img.shape[:2]) < need:
+            raise DataError(f"{name}: {img.shape[0]}x{img.shape[1]} is smaller than {need}px "
+                            "(prepare.test_size / prepare.tile_size); remove it or lower those params")
     g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(photos), generator=g).tolist()
     n_test = min(len(photos) - 1, max(1, round(cfg.test_fraction * len(photos))))
@@ -85,8 +90,6 @@ def _test_crops(images: list[torch.Tensor], n: int, size: int,
     for i in range(n):
         img = images[i % len(images)]
         h, w = img.shape[-2:]
-        if min(h, w) < size:
-            raise DataError(f"test image of size {h}x{w} is smaller than prepare.test_size={size}")
         r = int(torch.randint(0, h - size + 1, (1,), generator=g))
         c = int(torch.randint(0, w - size + 1, (1,), generator=g))
         crops.append((img[:, r:r + size, c:c + size].clone(), (float(r), float(c), float(h), float(w))))

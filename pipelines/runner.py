@@ -38,7 +38,7 @@ def stage_config(stage: Stage, params: Params, item: str | None):
 
 
 def run_stage(name: str, params: Params, root: Path, item: str | None = None, device: str | None = None,
-              progress: bool = True) -> dict[str, float]:
+              progress: bool = True, nan_policy: str = "stop") -> dict[str, float]:
     """Run stage ``name`` in workspace ``root`` inside an MLflow run; write its metrics file.
 
     Under torchrun (WORLD_SIZE > 1) a distributed stage joins the process group; only
@@ -57,7 +57,8 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
     run_key = config_digest(name, item, to_dict(cfg), digests)
     try:
         if not dist.is_main:  # untracked helper process: its results are rank 0's
-            _call(stage, cfg, StageContext(ws=ws, device=dev, run_key=run_key, progress=False, dist=dist), item)
+            _call(stage, cfg, StageContext(ws=ws, device=dev, run_key=run_key, progress=False, dist=dist,
+                                           nan_policy=nan_policy), item)
             return {}
         tags = {"ddmops.item": item or "", "ddmops.device": str(dev), "ddmops.processes": str(dist.world),
                 "ddmops.git_commit": _git_commit(ws.root), "ddmops.version": ddmops.__version__,
@@ -67,7 +68,8 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
         with MlflowTracker.open(root=ws.root, experiment=params.tracking.experiment, stage=stage.output_name(item),
                                 run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags) as tracker:
             tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
-            ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist)
+            ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist,
+                               nan_policy=nan_policy)
             metrics = _call(stage, cfg, ctx, item)
             tracker.log_metrics(metrics)
             write_json(ws.metrics_file(stage.output_name(item)), metrics)

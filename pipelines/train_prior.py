@@ -54,7 +54,7 @@ def run(cfg: PriorConfig, ctx: StageContext, domain: str) -> dict[str, float]:
     prior, result = train_prior(
         cfg, sampler, val, img_channels=meta["channels"], device=ctx.device, tracker=ctx.tracker,
         checkpoint=ctx.ws.path("checkpoints", f"train-prior-{domain}.pt"), run_key=ctx.run_key,
-        on_samples=on_samples, progress=ctx.progress, dist=ctx.dist, val_positions=val_pos,
+        on_samples=on_samples, progress=ctx.progress, dist=ctx.dist, val_positions=val_pos, nan_policy=ctx.nan_policy,
         meta={"domain": domain, "patch_size": cfg.patch_size, "noise_sigma": sigma})
     if ctx.dist.is_main:
         prior.save(out / PRIOR_FILE)

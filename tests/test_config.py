@@ -68,3 +68,11 @@ def test_configs_are_frozen():
 def test_gpu_profile_loads():
     params = load_params(REPO / "params-gpu.yaml")
     assert params.train_prior.clean.patch_size >= 64 and params.train_prior.clean.precision == "bf16"
+
+
+def test_exponent_floats_accepted_as_written():
+    """PyYAML reads 1e-4 as a string (YAML 1.1); DVC's YAML 1.2 as a number: accept both."""
+    params = from_dict(Params, apply_overrides({}, ["train_prior.clean.lr=1e-4", "degrade.noise_sigma=2E-2"]))
+    assert params.train_prior.clean.lr == 1e-4 and params.degrade.noise_sigma == 0.02
+    with pytest.raises(ConfigError, match="expected a number"):
+        from_dict(Params, apply_overrides({}, ["train_prior.clean.lr=fast"]))

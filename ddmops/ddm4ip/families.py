@@ -83,8 +83,11 @@ def build_model(task: str, cfg: LearnOperatorConfig, generator: torch.Generator)
 
 
 def learned_arrays(task: str, kernels: torch.Tensor, cfg: LearnOperatorConfig) -> Arrays:
-    """The arrays of a learned operator from its PSF stack (N, K, K)."""
-    k = kernels.detach().cpu().float().numpy()
+    """The arrays of a learned operator from its PSF stack (N, K, K). Each PSF is clipped at 0
+    and scaled to sum to 1: exact already for blur kernels and grids, the final step for an SR
+    kernel (whose sum is only pulled towards 1 during learning, as in KernelGAN)."""
+    k = kernels.detach().cpu().double().clamp_min(0)
+    k = (k / k.sum((-2, -1), keepdim=True)).float().numpy()
     if task == "deblur":
         return {"kernel": k[0]}
     if task == "psf_grid":
@@ -144,25 +147,30 @@ def resolve_operator(ref: str, root: Path) -> tuple[Arrays, dict[str, str]]:
 
 def load_arrays(source: str | Path) -> Arrays:
     """An operator from a file: .npz of arrays (as `learn-operator` writes), or a .npy
-    kernel (K, K) / PSF grid (Gy, Gx, K, K); or from a folder holding operator.npz (an
-    operator folder, or a registered model's)."""
+    kernel (K, K) / PSF grid (Gy, Gx, K, K), or from a folder holding operator.npz (an operator
+    folder, or a registered model's); every PSF is checked (odd, square, finite, sums to 1)."""
     path = Path(source)
     if path.is_dir():
         path = path / MODEL_FOLDER / OPERATOR_FILE if (path / "MLmodel").is_file() else path / OPERATOR_FILE
-    if path.suffix == ".npy":
-        psf = validate_psf(np.load(path, allow_pickle=False) if path.is_file() else _missing(path), str(path))
-        return {"psf_grid" if psf.dim() == 4 else "kernel": psf.numpy()}
     if not path.is_file():
-        _missing(path)
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+        raise DataError(f"{path}: operator file not found")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            arrays = {"psf": data}
+        else:
+            with data:
+                arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable operator file ({exc})") from None
+    if "psf" in arrays:
+        psf = arrays.pop("psf")
+        arrays["psf_grid" if psf.ndim == 4 else "kernel"] = psf
     if not {"kernel", "psf_grid"} & set(arrays):
         raise DataError(f"{path}: an operator file holds 'kernel' or 'psf_grid', found {sorted(arrays)}")
+    key = "psf_grid" if "psf_grid" in arrays else "kernel"
+    arrays[key] = validate_psf(arrays[key], f"{path}:{key}").numpy()
     return arrays
-
-
-def _missing(path: Path):
-    raise DataError(f"{path}: operator file not found")
 
 
 def psfs_like(estimate: Arrays, truth: Arrays) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from ddmops.config import LearnOperatorConfig
 from ddmops.data import PatchSampler
 from ddmops.ddm4ip.objective import distribution_matching_loss, kernel_regularisers
-from ddmops.errors import TrainingError
+from ddmops.guard import NanGuard
 from ddmops.flow.prior import FlowPrior
 from ddmops.flow.train import flow_matching_loss
 from ddmops.io import load_checkpoint, save_checkpoint
@@ -50,7 +50,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
                    checkpoint: Path, run_key: str, truth: torch.Tensor | None = None,
                    align: Callable[[torch.Tensor], torch.Tensor] = lambda k: k,
                    on_kernels: Callable[[torch.Tensor, int], None] | None = None,
-                   progress: bool = True) -> OperatorLearnResult:
+                   progress: bool = True, nan_policy: str = "stop") -> OperatorLearnResult:
     """Learn ``model``'s parameters. ``clean`` samples crops of model.input_size(P) for the
     prior's patch size P; ``truth`` (N, K, K), when known, only feeds the logged error curves,
     against ``align`` of the model's PSFs (the estimate at the truth's PSF positions)."""
@@ -101,10 +101,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
     def crossed(every: int) -> bool:
         return (step * cfg.batch_size) // every != ((step - 1) * cfg.batch_size) // every
 
-    def check(name: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value):
-            raise TrainingError(f"non-finite {name} at step {step}; the last good checkpoint is kept at {checkpoint}")
-
+    guard = NanGuard(nan_policy, checkpoint)
     t0, logged = time.perf_counter(), {}
     window: dict[str, list[float]] = {}
     with progress_bar(f"learn {model.family}", total_steps, step, progress) as bar:
@@ -116,28 +113,30 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
             with torch.no_grad():
                 y, kw = simulate()
             loss_aux = flow_matching_loss(aux, y, noise_gen, **kw)
-            check("auxiliary flow-matching loss", loss_aux)
             opt_aux.zero_grad(set_to_none=True)
-            loss_aux.backward()
-            opt_aux.step()
+            if guard.finite("auxiliary flow-matching loss", loss_aux, step):
+                loss_aux.backward()
+                opt_aux.step()
             # (b) operator update through y = A_phi(x) + sigma n
             y, kw = simulate()
             loss_dm = distribution_matching_loss(y, lambda z, t: aux(z, t, **kw),
                                                  lambda z, t: v_pre.velocity(z, t, **kw), noise_gen)
             regs = kernel_regularisers(model.kernels(), model.unnormalised(), cfg.reg)
-            check("distribution-matching loss", loss_dm)
             opt_k.zero_grad(set_to_none=True)
-            (loss_dm + sum(regs.values())).backward()
-            opt_k.step()
+            terms = {"distribution-matching loss": loss_dm, **{f"{k} regulariser": v for k, v in regs.items()}}
+            if all(guard.finite(name, value, step) for name, value in terms.items()):
+                (loss_dm + sum(regs.values())).backward()
+                opt_k.step()
             with torch.no_grad():
                 ema.lerp_(model.kernels(), cfg.kernel_ema if cfg.kernel_ema > 0 else 1.0)
             step += 1
             for name, value in {"loss/aux": loss_aux, "loss/dm": loss_dm,
                                 **{f"loss/reg_{k}": v for k, v in regs.items()}}.items():
-                window.setdefault(name, []).append(value.item())
+                if math.isfinite(value.item()):
+                    window.setdefault(name, []).append(value.item())
             images = step * cfg.batch_size
             if crossed(cfg.log_every) or step == total_steps:
-                logged = {k: sum(v) / len(v) for k, v in window.items()}
+                logged = {k: sum(v) / len(v) for k, v in window.items()} | {"train/skipped_batches": guard.skipped}
                 window = {}
                 if truth is not None:
                     logged |= stack_errors(align(ema.cpu()), truth.cpu())

@@ -14,11 +14,11 @@ import torch
 from ddmops.config import PriorConfig
 from ddmops.data import PatchSampler
 from ddmops.distributed import Dist
-from ddmops.errors import TrainingError
 from ddmops.flow import path as fpath
 from ddmops.flow.ema import Ema
 from ddmops.flow.prior import FlowPrior
 from ddmops.flow.unet import UNetArch, VelocityUNet, count_parameters
+from ddmops.guard import NanGuard
 from ddmops.io import load_checkpoint, save_checkpoint
 from ddmops.optim import lr_factor, set_lr
 from ddmops.progress import progress_bar
@@ -114,13 +114,14 @@ class _State:
 def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tensor, *, img_channels: int,
                 device: torch.device, tracker: Tracker, checkpoint: Path, run_key: str, meta: dict,
                 on_samples: Callable[[torch.Tensor, int], None] | None = None,
-                progress: bool = True, dist: Dist = Dist(),
-                val_positions: torch.Tensor | None = None) -> tuple[FlowPrior, PriorTrainResult]:
+                progress: bool = True, dist: Dist = Dist(), val_positions: torch.Tensor | None = None,
+                nan_policy: str = "stop") -> tuple[FlowPrior, PriorTrainResult]:
     """Train a prior on crops from ``sampler``; resume from ``checkpoint`` if it matches ``run_key``.
 
     val_patches: (N, C, P, P) held-out crops (val_positions (N, 2, P, P) their field
     positions, for a network with position channels, which then trains on positioned crops).
-    Metrics are logged with step = images seen.
+    Metrics are logged with step = images seen. A non-finite loss or gradient stops
+    training (``nan_policy='stop'``) or drops the batch (``'skip-batch'``).
     Under ``dist`` each process trains on its slice of every global batch; only the main
     process logs, samples and writes checkpoints. Returns the EMA prior and a summary.
     """
@@ -155,6 +156,7 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
             on_samples(FlowPrior(s.ema.model).sample(shape, g, cfg.sample_steps, **kw), s.step * per_step)
         return loss
 
+    guard = NanGuard(nan_policy, checkpoint)
     s.net.train()
     with progress_bar(f"train prior ({meta.get('domain', '')})", total_steps, s.step,
                       progress and dist.is_main) as bar:
@@ -177,22 +179,23 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
                 window.append(loss.item())
             scaler.unscale_(s.opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(s.net.parameters(), cfg.grad_clip)
-            if not torch.isfinite(grad_norm):
-                raise TrainingError(f"non-finite flow-matching loss or gradient at step {s.step} (images "
-                                    f"{s.step * per_step}); the last good checkpoint is kept at {checkpoint}")
-            scaler.step(s.opt)
+            if guard.finite("flow-matching loss or gradient", grad_norm, s.step):  # same on every rank
+                scaler.step(s.opt)
+                s.ema.update(s.net)
+            else:
+                window = [w for w in window if math.isfinite(w)]
             scaler.update()
-            s.ema.update(s.net)
             s.step += 1
             images = s.step * per_step
             if crossed(cfg.log_every) or s.step == total_steps:
-                last_loss = dist.mean(sum(window) / len(window))
+                last_loss = dist.mean(sum(window) / len(window)) if window else math.nan
                 elapsed = time.perf_counter() - window_start
                 if dist.is_main:
                     tracker.log_metrics({"loss/train": last_loss, "lr": s.opt.param_groups[0]["lr"],
                                          "grad_norm": grad_norm.item(),
                                          "speed/it_per_sec": len(window) / cfg.accumulation / elapsed,
-                                         "speed/images_per_sec": len(window) * cfg.batch_size / elapsed},
+                                         "speed/images_per_sec": len(window) * cfg.batch_size / elapsed,
+                                         "train/skipped_batches": guard.skipped},
                                         step=images)
                 bar.update(s.step, f"loss {last_loss:.4f}")
                 window, window_start = [], time.perf_counter()

@@ -23,7 +23,8 @@ from PIL import Image
 
 from ddmops.config import load_params
 from ddmops.errors import DdmopsError
-from ddmops.plots import kernels_side_by_side
+from ddmops.data import load_image_set
+from ddmops.plots import mosaic
 from ddmops.server import (ServerError, ServerSpec, command, environment, health, preflight, redact,
                            require_server)
 from ddmops.tracking import QUIET_ENV
@@ -183,13 +184,12 @@ def test_stage_artifacts_land_in_the_bucket_through_the_server(team_server, tmp_
     listing = s3.list_objects_v2(Bucket=team_server.bucket, Prefix=prefix)
     stored = {o["Key"][len(prefix):]: s3.get_object(Bucket=team_server.bucket, Key=o["Key"])["Body"].read()
               for o in listing.get("Contents", [])}
-    assert {"kernel_true.png", "test_example.png"} <= set(stored)
+    assert set(stored) == {"test_images.png"}
     for name, data in stored.items():  # what MLflow reads back through the server is what the bucket holds
         assert Path(client.download_artifacts(run.info.run_id, name, str(tmp_path))).read_bytes() == data
-    # and the bucket holds exactly the image the stage logged: the true kernel it wrote to disk
-    kernel = torch.from_numpy(np.load(ws / "data" / "prepared" / "kernel.npy"))
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stored["kernel_true.png"]))),
-                                  kernels_side_by_side({"true kernel": kernel}))
+    # and the bucket holds exactly the image the stage logged: the test crops it wrote to disk
+    crops = torch.stack(load_image_set(ws / "data" / "prepared" / "test_clean.npz"))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stored["test_images.png"]))), mosaic(crops))
 
     team_server.proc.send_signal(signal.SIGTERM)  # `kill ddmops` stops the whole server
     assert team_server.proc.wait(30) == 0 and isinstance(health(team_server.uri, 1), OSError)

@@ -1,0 +1,56 @@
+"""SIGKILL a training stage, rerun the same command: it resumes from the last checkpoint, in
+the same MLflow run, and ends with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from tests.conftest import write_workspace
+from tests.test_pipeline import BIN, sh
+
+LONGER = ["train_prior.clean.images=1536", "train_prior.clean.checkpoint_every=128",
+          "train_prior.clean.log_every=64", "train_prior.clean.sample_every=100000"]
+
+
+def weights(ws):
+    from ddmops.flow.prior import FlowPrior
+    return FlowPrior.load(ws / "models" / "priors" / "clean" / "prior.safetensors").net.state_dict()
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes(tmp_path):
+    ws_a, ws_b = (write_workspace(tmp_path / n, LONGER).parent for n in ("a", "b"))
+    for ws in (ws_a, ws_b):
+        assert sh(["ddmops", "run", "prepare"], ws).returncode == 0
+    assert sh(["ddmops", "run", "train-prior", "-d", "clean"], ws_a).returncode == 0  # uninterrupted
+
+    ckpt = ws_b / ".checkpoints" / "train-prior-clean.pt"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["ddmops", "run", "train-prior", "-d", "clean", "--no-progress"], cwd=ws_b, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 24):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step_at_kill < 96, "killed before the end"
+
+    assert sh(["ddmops", "run", "train-prior", "-d", "clean"], ws_b).returncode == 0
+    for (k, a), b in zip(weights(ws_a).items(), weights(ws_b).values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{ws_b / 'mlruns.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`ddmops.stage` = 'train-prior-clean'",
+                              output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was continued
+    assert runs[0].data.tags.get("ddmops.resumed") == "true"
+    history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss/train")
+    assert max(h.step for h in history) == 1536
