@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args()
-    params, device, g = load_params(args.params), pick_device("auto"), torch.Generator().manual_seed(0)
+    params, device, g = load_params(args.params), pick_device(), torch.Generator().manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,7 +95,7 @@ def main() -> None:
                                                    val_positions=pos)[0]
             per_step = cfg.batch_size * cfg.accumulation
             rows.append([f"train-prior@{domain}", *measure(run, args.steps, cfg.images // per_step,
-                                                           -(-cfg.images // cfg.checkpoint_every), tmp / domain)])
+                                                           -(-cfg.images // cfg.checkpoint_every), tmp / f"prior-{domain}")])
         for task in DDM4IP_TASKS:
             cfg = getattr(params.learn_operator, task)
             short = dataclasses.replace(cfg, images=args.steps * cfg.batch_size, checkpoint_every=1,
@@ -109,7 +109,7 @@ def main() -> None:
                 learner.learn_operator(short, model, sampler, priors[task], sigma=0.01, device=device,
                                        tracker=NullTracker(), checkpoint=path, run_key=task, progress=False)
             rows.append([f"learn-operator@{task}", *measure(run, args.steps, max(1, cfg.images // cfg.batch_size),
-                                                            -(-cfg.images // cfg.checkpoint_every), tmp / task)])
+                                                            -(-cfg.images // cfg.checkpoint_every), tmp / f"operator-{task}")])
     worst = max(rows, key=lambda r: r[-1])
     print_table(f"Checkpoint cost at {args.params.name}'s checkpoint_every ({device})",
                 ["stage", "write ms", "size MiB", "checkpoints", "stage min (est.)", "overhead %"], rows,

@@ -148,7 +148,7 @@ def resolve_operator(ref: str, root: Path) -> tuple[Arrays, dict[str, str]]:
 def load_arrays(source: str | Path) -> Arrays:
     """An operator from a file: .npz of arrays (as `learn-operator` writes), or a .npy
     kernel (K, K) / PSF grid (Gy, Gx, K, K), or from a folder holding operator.npz (an operator
-    folder, or a registered model's); every PSF is checked (odd, square, finite, sums to 1)."""
+    folder, or a registered model's); every PSF is checked (odd, square, finite, >= 0, sums to 1)."""
     path = Path(source)
     if path.is_dir():
         path = path / MODEL_FOLDER / OPERATOR_FILE if (path / "MLmodel").is_file() else path / OPERATOR_FILE
@@ -169,7 +169,7 @@ def load_arrays(source: str | Path) -> Arrays:
     if not {"kernel", "psf_grid"} & set(arrays):
         raise DataError(f"{path}: an operator file holds 'kernel' or 'psf_grid', found {sorted(arrays)}")
     key = "psf_grid" if "psf_grid" in arrays else "kernel"
-    arrays[key] = validate_psf(arrays[key], f"{path}:{key}").numpy()
+    validate_psf(arrays[key], f"{path}:{key}")  # checked; kept as stored, bit for bit
     return arrays
 
 
