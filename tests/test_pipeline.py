@@ -99,7 +99,7 @@ def test_learned_operators_are_registered_then_promoted(repro):
     lock = yaml.safe_load((repro / "dvc.lock").read_text())["stages"]
     for task in DDM4IP_TASKS:
         (mv,) = mlflow.MlflowClient().search_model_versions(f"name = '{MODEL_NAMES[task]}'")
-        (out,) = lock[f"degrade@{task}"]["outs"]
+        (out,) = [o for o in lock[f"degrade@{task}"]["outs"] if o["path"] == f"data/degraded/{task}"]
         assert mv.tags["ddmops.data_hash"] == out["md5"]  # the DVC hash of the task's observations
         assert "ddmops.metric.kernel/ncc" in mv.tags and "ddmops.metric.loss/dm" in mv.tags
     result = sh(["ddmops", "registry", "promote", "--task", "psf_grid"], repro)
