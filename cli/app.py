@@ -94,10 +94,11 @@ def ui(
 
 
 def _register_subcommands() -> None:
-    from cli import psf, runs, team
+    from cli import psf, registry, runs, team
     app.add_typer(psf.app, name="psf")
     runs.register(app)
     team.register(app)
+    registry.register(app)
 
 
 _register_subcommands()

@@ -255,7 +255,7 @@ class InvertConfig:
     zeta: float = 0.3  # share of fresh noise when re-noising
     cg_iters: int = 20
     noise_sigma: float | None = None  # None: the level the data was made with (degrade)
-    operator: str = ""  # "" = this workspace's learned operator; else a file
+    operator: str = ""  # "" = this workspace's learned operator; else a file, folder, models:/ or runs:/ URI
     batch_size: int = 4
     seed: int = 0
 
@@ -352,6 +352,30 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """When `ddmops registry promote` moves alias `champion` to a task's candidate."""
+
+    metric: str = "kernel/ncc"  # a metric recorded with every version (needs the true kernel)
+    mode: Literal["max", "min"] = "max"  # max: higher is better (kernel/ncc); min: lower (loss/dm)
+    min_delta: float = 0.0  # the candidate must beat the champion by more than this
+
+    def __post_init__(self):
+        if not self.metric:
+            raise ValueError("metric must name a metric, e.g. kernel/ncc or loss/dm")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Promotion gates per DDM4IP task; read by `ddmops registry`, by no pipeline stage."""
+
+    deblur: GateConfig = field(default_factory=GateConfig)
+    psf_grid: GateConfig = field(default_factory=GateConfig)
+    sr_kernel: GateConfig = field(default_factory=GateConfig)
+
+
+@dataclass(frozen=True)
 class Params:
     paths: Paths = field(default_factory=Paths)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -362,6 +386,7 @@ class Params:
     invert: InvertTasks = field(default_factory=InvertTasks)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 
 def read_params_dict(path: Path, overrides: list[str] | None = None) -> dict:

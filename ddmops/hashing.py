@@ -17,15 +17,16 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def path_digest(path: Path) -> str:
-    """md5 of a file, or of a folder's sorted (relative path, file md5) listing; '' if absent."""
+    """md5 of a file; of a folder, DVC's directory hash (``<md5>.dir``, as in dvc.lock); '' if absent."""
     path = Path(path)
     if path.is_file():
         return file_md5(path)
     if not path.is_dir():
         return ""
-    listing = [(str(p.relative_to(path)), file_md5(p)) for p in sorted(path.rglob("*"))
-               if p.is_file() and not p.name.startswith(".")]
-    return hashlib.md5(json.dumps(listing).encode()).hexdigest()
+    files = sorted((p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: p.relative_to(path).parts)
+    listing = [{"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()} for p in files]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def config_digest(*parts: Any) -> str:

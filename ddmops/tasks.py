@@ -27,9 +27,10 @@ class Problem:
 
 
 def build_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, generator: torch.Generator,
-                   position: torch.Tensor | None = None) -> Operator:
+                   position: torch.Tensor | None = None, learned: families.Arrays | None = None) -> Operator:
     """The operator for images of ``shape`` (B, C, H, W); masks are drawn per image. A learned
-    PSF grid needs the images' field positions (B, 2, H, W)."""
+    PSF grid needs the images' field positions (B, 2, H, W); kind 'learned' uses ``learned``
+    when given (already resolved), else ``cfg.source`` (a file, folder or MLflow model URI)."""
     b, _, h, w = shape
     if cfg.kind == "blur":
         return Blur(make_kernel(cfg.kernel, root), "reflect")
@@ -46,15 +47,14 @@ def build_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, gener
         return Inpaint(torch.stack(masks))
     if cfg.kind == "phase":
         return PhaseRetrieval(cfg.oversampling)
-    source = Path(cfg.source)
-    return families.build_operator(families.load_arrays(source if source.is_absolute() else root / source), position)
+    return families.build_operator(learned or families.resolve_operator(cfg.source, root)[0], position)
 
 
 def make_problem(cfg: TaskConfig, x: torch.Tensor, root: Path, seed: int,
-                 position: torch.Tensor | None = None) -> Problem:
+                 position: torch.Tensor | None = None, learned: families.Arrays | None = None) -> Problem:
     """Seeded: the same config, images and seed give the same operator and measurements."""
     g = torch.Generator().manual_seed(seed)
-    op = build_operator(cfg.operator, x.shape, root, g, position)
+    op = build_operator(cfg.operator, x.shape, root, g, position, learned)
     with torch.no_grad():
         clean = op.A(x)
     y = clean + cfg.noise_sigma * torch.randn(clean.shape, generator=g)

@@ -193,7 +193,6 @@ class MlflowTracker:
         import mlflow
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-
     def curves(self) -> list[dict[str, float]]:
         """Every metric logged at more than one step, as rows ``{"step": s, name: value, ...}``
         sorted by step: the whole run, across resumes (read back from the store)."""

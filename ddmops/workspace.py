@@ -31,5 +31,9 @@ class Workspace:
         base = Path(value) if Path(value).is_absolute() else self.root / value
         return base.joinpath(*parts)
 
+    def key(self, path: Path) -> str:
+        """How run tags and digests name ``path``: relative to the root when inside it."""
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
     def metrics_file(self, stage: str) -> Path:
         return self.path("metrics", f"{stage}.json")

@@ -5,32 +5,33 @@ learned operator, and (when the data is synthetic) with the true one, by the sam
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
 from ddmops.config import InvertConfig
 from ddmops.data import load_geometry, load_image_set, save_image_set
-from ddmops.ddm4ip.families import build_operator, input_geometry, input_size, load_arrays, positions
+from ddmops.ddm4ip.families import (Arrays, build_operator, input_geometry, input_size, load_arrays, positions,
+                                    resolve_operator)
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.diffpir import diffpir
-from ddmops.io import read_json, save_npz
+from ddmops.io import read_json, save_npz, write_json
 from pipelines.context import StageContext
 from pipelines.degrade import FILES as DEGRADED
 from pipelines.learn_operator import OPERATOR_FILE
 from pipelines.train_prior import prior_path
 
 
-def operator_source(cfg: InvertConfig, ctx: StageContext, task: str) -> Path:
-    """Where the operator to restore with comes from (default: this workspace's learned one)."""
-    path = Path(cfg.operator) if cfg.operator else ctx.ws.path("operator", task, OPERATOR_FILE)
-    return path if path.is_absolute() else ctx.ws.root / path
+def learned_operator(cfg: InvertConfig, ctx: StageContext, task: str) -> tuple[Arrays, dict[str, str]]:
+    """The operator to restore with (default: this workspace's learned one; else a file, a folder,
+    ``models:/<name>@<alias>`` or ``runs:/...``) and run tags saying which it was."""
+    return resolve_operator(cfg.operator or str(ctx.ws.path("operator", task, OPERATOR_FILE)), ctx.ws.root)
 
 
 def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
-    source = operator_source(cfg, ctx, task)
-    ctx.tracker.set_tags({"ddmops.operator": str(source)})
-    operators = {"learned": load_arrays(source)}
+    learned, provenance = learned_operator(cfg, ctx, task)  # first: a bad operator fails before any work
+    ctx.tracker.set_tags(provenance)
+    write_json(ctx.ws.path("restored", task, "operator_source.json"), provenance)  # the results name their operator
+    operators = {"learned": learned}
     folder = ctx.ws.path("degraded", task)
     sigma = read_json(folder / DEGRADED["meta"])["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
     prior = FlowPrior.load(prior_path(ctx, "clean"), ctx.device)

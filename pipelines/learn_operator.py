@@ -7,17 +7,17 @@ import torch
 
 from ddmops.config import LearnOperatorConfig
 from ddmops.data import PatchSampler, load_geometry, load_image_set
-from ddmops.ddm4ip.families import FAMILY, build_model, learned_arrays, load_arrays, psf_stack, psfs_like
+from ddmops.ddm4ip.families import (FAMILY, INFO_FILE, OPERATOR_FILE, build_model, learned_arrays, load_arrays,
+                                    psf_stack, psfs_like)
 from ddmops.ddm4ip.learner import learn_operator, stack_errors
 from ddmops.flow.prior import FlowPrior
 from ddmops.io import read_json, save_npz, save_png, write_json
 from ddmops.plots import psf_comparison
+from ddmops.strict import flatten, to_dict
 from pipelines.context import StageContext
 from pipelines.degrade import FILES as DEGRADED
 from pipelines.prepare import FILES as PREPARED
 from pipelines.train_prior import prior_path
-
-OPERATOR_FILE, INFO_FILE = "operator.npz", "operator.json"
 
 
 def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, float]:
@@ -57,4 +57,9 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     metrics |= {"train/steps": result.steps, "train/images": result.images, "train/seconds": result.seconds}
     if truth is not None:
         metrics |= stack_errors(align(result.kernels), true_psfs)
+    if ctx.tracker.run_id:  # a real MLflow run: a new registry version with alias `candidate`
+        from ddmops.registry import log_operator
+        version = log_operator(arrays, task=task, info={"noise_sigma": sigma}, metrics=metrics,
+                               params=flatten(to_dict(cfg)), training_data=ctx.ws.key(folder))
+        ctx.tracker.set_tags({"ddmops.model": f"models:/{version.name}/{version.version}"})
     return metrics

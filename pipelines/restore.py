@@ -14,7 +14,7 @@ import torch
 
 from ddmops.config import RestoreConfig, TaskConfig
 from ddmops.data import load_geometry, load_image_set, save_image_set
-from ddmops.ddm4ip.families import positions
+from ddmops.ddm4ip.families import positions, resolve_operator
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.dcdp import dcdp
 from ddmops.inversion.dps import dps
@@ -42,9 +42,16 @@ def job(cfg: RestoreConfig, task: str) -> RestoreJob:
 
 
 def problem(cfg: RestoreJob, ctx: StageContext) -> Problem:
+    """The seeded problem. A learned operator (a file or an MLflow model URI) is resolved once,
+    and which it was (the version an alias named) goes into the run's tags."""
     path = ctx.ws.path("prepared") / FILES["test_clean"]
     x = torch.stack(load_image_set(path)[:cfg.images])
-    return make_problem(cfg.task, x, ctx.ws.root, cfg.seed, positions(load_geometry(path)[:cfg.images], x.shape[-2:]))
+    learned = None
+    if cfg.task.operator.kind == "learned":
+        learned, provenance = resolve_operator(cfg.task.operator.source, ctx.ws.root)
+        ctx.tracker.set_tags(provenance)
+    return make_problem(cfg.task, x, ctx.ws.root, cfg.seed, positions(load_geometry(path)[:cfg.images], x.shape[-2:]),
+                        learned)
 
 
 Method = Callable[[torch.Tensor, Problem, slice, FlowPrior, torch.Generator], torch.Tensor]

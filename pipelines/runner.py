@@ -55,8 +55,7 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
         raise ConfigError(f"stage {name!r} does not run under torchrun with several processes")
     if dist.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
-    digests = {str(p.relative_to(ws.root)) if p.is_relative_to(ws.root) else str(p): path_digest(p)
-               for p in stage.inputs(ws, item)}
+    digests = {ws.key(p): path_digest(p) for p in stage.inputs(ws, item)}
     run_key = config_digest(name, item, to_dict(cfg), digests)
     try:
         if not dist.is_main:  # untracked helper process: its results are rank 0's

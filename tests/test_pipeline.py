@@ -105,6 +105,29 @@ def test_dvc_plots_read_the_curves(repro):
         assert shown[plot] and not shown.get("errors"), (plot, shown.get("errors"))
 
 
+@pytest.mark.slow
+def test_learned_operators_are_registered_then_promoted(repro):
+    import mlflow
+    import numpy as np
+    import yaml
+
+    from ddmops.ddm4ip.families import load_arrays
+    from ddmops.registry import MODEL_NAMES, fetch_operator
+    from ddmops.tracking import use_tracking
+    use_tracking(f"sqlite:///{repro / 'mlruns.db'}")
+    lock = yaml.safe_load((repro / "dvc.lock").read_text())["stages"]
+    for task in DDM4IP_TASKS:
+        (mv,) = mlflow.MlflowClient().search_model_versions(f"name = '{MODEL_NAMES[task]}'")
+        (out,) = [o for o in lock[f"degrade@{task}"]["outs"] if o["path"] == f"data/degraded/{task}"]
+        assert mv.tags["ddmops.data_hash"] == out["md5"]  # the DVC hash of the task's observations
+        assert "ddmops.metric.kernel/ncc" in mv.tags and "ddmops.metric.loss/dm" in mv.tags
+    result = sh(["ddmops", "registry", "promote", "--task", "psf_grid"], repro)
+    assert result.returncode == 0 and "promoted: first champion" in result.stdout, result.stderr
+    arrays, _ = fetch_operator("models:/ddmops-psf-grid@champion")
+    learned = load_arrays(repro / "models" / "operator" / "psf_grid")
+    np.testing.assert_array_equal(arrays["psf_grid"], learned["psf_grid"])
+
+
 def test_cli_rejects_unknown_key(tiny_workspace):
     result = sh(["ddmops", "run", "prepare", "--set", "degrade.noise_sigmaa=0.1"], tiny_workspace)
     assert result.returncode == 1

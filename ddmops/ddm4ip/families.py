@@ -25,6 +25,9 @@ from ddmops.operators.sr import Downsample
 
 FAMILY = {"deblur": "blur", "psf_grid": "psf_grid", "sr_kernel": "sr_kernel"}
 Arrays = dict[str, np.ndarray]
+OPERATOR_FILE, INFO_FILE = "operator.npz", "operator.json"  # an operator folder: learn-operator's, a model's
+MODEL_FOLDER = Path("artifacts") / "operator"  # the operator folder inside a registered MLflow model
+URI_SCHEMES = ("models:/", "runs:/")
 
 
 def _resolve(path: str, root: Path) -> Path:
@@ -128,10 +131,27 @@ def positions(geometry: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack([position_map(*size, *g) for g in geometry.tolist()])
 
 
+def resolve_operator(ref: str, root: Path) -> tuple[Arrays, dict[str, str]]:
+    """The operator ``ref`` names, and provenance tags: ``ddmops.operator`` and, for a registered
+    model, ``ddmops.operator.model``, ``.version`` (the one an alias names now) and ``.run_id``.
+
+    ref: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``, or a
+    file or folder (relative to ``root``) that :func:`load_arrays` reads.
+    """
+    if ref.startswith(URI_SCHEMES):
+        from ddmops.registry import fetch_operator  # imports MLflow
+        return fetch_operator(ref)
+    path = _resolve(ref, root)
+    return load_arrays(path), {"ddmops.operator": str(path)}
+
+
 def load_arrays(source: str | Path) -> Arrays:
     """An operator from a file: .npz of arrays (as `learn-operator` writes), or a .npy
-    kernel (K, K) / PSF grid (Gy, Gx, K, K); every PSF is checked (odd, square, finite, >= 0, sums to 1)."""
+    kernel (K, K) / PSF grid (Gy, Gx, K, K), or from a folder holding operator.npz (an operator
+    folder, or a registered model's); every PSF is checked (odd, square, finite, >= 0, sums to 1)."""
     path = Path(source)
+    if path.is_dir():
+        path = path / MODEL_FOLDER / OPERATOR_FILE if (path / "MLmodel").is_file() else path / OPERATOR_FILE
     if not path.is_file():
         raise DataError(f"{path}: operator file not found")
     try:
