@@ -258,6 +258,7 @@ class InvertConfig:
     operator: str = ""  # "" = this workspace's learned operator; else a file, folder, models:/ or runs:/ URI
     batch_size: int = 4
     seed: int = 0
+    tile: int = 0  # > 0: the prior sees larger images as blended tiles of this side (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,7 @@ class RestoreConfig:
     images: int = 4  # how many test images
     batch_size: int = 4
     seed: int = 0
+    tile: int = 0  # > 0: the prior sees larger images as blended tiles of this side (bounded memory)
     gaussian_deblur: TaskConfig = field(default_factory=TaskConfig)
     motion_deblur: TaskConfig = field(default_factory=TaskConfig)
     nonlinear_deblur: TaskConfig = field(default_factory=TaskConfig)

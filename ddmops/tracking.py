@@ -195,11 +195,14 @@ class MlflowTracker:
 
     def curves(self) -> list[dict[str, float]]:
         """Every metric logged at more than one step, as rows ``{"step": s, name: value, ...}``
-        sorted by step: the whole run, across resumes (read back from the store)."""
+        sorted by step: the whole run, across resumes (read back from the store). System
+        metrics (stepped by sample, not by images seen) are left to MLflow's own view."""
         import mlflow
         client = mlflow.MlflowClient()
         rows: dict[int, dict[str, float]] = {}
         for key in client.get_run(self.run_id).data.metrics:
+            if key.startswith("system/"):
+                continue
             history = client.get_metric_history(self.run_id, key)
             if len({m.step for m in history}) > 1:
                 for m in sorted(history, key=lambda m: m.timestamp):  # a resumed step: the last value

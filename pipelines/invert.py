@@ -35,6 +35,7 @@ def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
     folder = ctx.ws.path("degraded", task)
     sigma = read_json(folder / DEGRADED["meta"])["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
     prior = FlowPrior.load(prior_path(ctx, "clean"), ctx.device)
+    prior.tile = cfg.tile
     y_all = torch.stack(load_image_set(folder / DEGRADED["test_degraded"]))
     y_geom = load_geometry(folder / DEGRADED["test_degraded"])
     if (folder / DEGRADED["truth"]).exists():

@@ -35,10 +35,11 @@ class RestoreJob:
     batch_size: int
     seed: int
     task: TaskConfig = field(default_factory=TaskConfig)
+    tile: int = 0
 
 
 def job(cfg: RestoreConfig, task: str) -> RestoreJob:
-    return RestoreJob(cfg.images, cfg.batch_size, cfg.seed, getattr(cfg, task))
+    return RestoreJob(cfg.images, cfg.batch_size, cfg.seed, getattr(cfg, task), cfg.tile)
 
 
 def problem(cfg: RestoreJob, ctx: StageContext) -> Problem:
@@ -96,6 +97,7 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
 
 def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: str) -> dict[str, float]:
     prior = FlowPrior.load(ctx.ws.path("priors", "clean", PRIOR_FILE), ctx.device)
+    prior.tile = cfg.tile
     p = problem(cfg, ctx)
     results = restore(methods, cfg, ctx, prior, p)
     out = ctx.ws.path("tasks", task)

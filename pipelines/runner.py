@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections import Counter
 import subprocess
 from pathlib import Path
 
@@ -89,11 +90,21 @@ def _call(stage: Stage, cfg, ctx: StageContext, item: str | None) -> dict[str, f
 
 
 def _write_curves(ws: Workspace, tracker: MlflowTracker, name: str) -> None:
-    """The run's metric curves for `dvc plots` (JSON rows) and as a picture in the run."""
+    """The run's metric curves as a picture in the run, and for `dvc plots` as JSON rows. DVC
+    needs rows with the same fields, so the file holds the metrics logged together at every
+    log step (the training curves); sparser ones (held-out loss) are in the picture only."""
     rows = tracker.curves()
-    write_json(ws.path("metrics", "curves", f"{name}.json"), rows)
     if rows:
         tracker.log_image(curves_chart(rows, name), "curves.png")
+    steps: dict[str, frozenset] = {}
+    for r in rows:
+        for k in r:
+            steps[k] = steps.get(k, frozenset()) | {r["step"]}
+    groups = Counter(v for k, v in steps.items() if k != "step")
+    common = max(groups, key=lambda v: (groups[v], len(v))) if groups else frozenset()
+    keys = ["step", *sorted(k for k, v in steps.items() if v == common and k != "step")]
+    write_json(ws.path("metrics", "curves", f"{name}.json"),
+               [{k: r[k] for k in keys} for r in rows if r["step"] in common])
 
 
 def _git_commit(root: Path) -> str:

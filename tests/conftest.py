@@ -29,7 +29,7 @@ TINY = [
     "learn_operator.psf_grid.grid=[2, 2]", "learn_operator.sr_kernel.sr_struct=[3, 3, 1]",
     "learn_operator.sr_kernel.sr_channels=4",
     *[f"invert.{t}.{k}" for t in ("deblur", "psf_grid", "sr_kernel") for k in ("steps=3", "cg_iters=5")],
-    "restore.images=1", "restore.batch_size=1",
+    "restore.images=1", "restore.batch_size=1", "restore.tile=24", "invert.deblur.tile=24",  # 40 px in tiles
     *[f"restore.{t}.{k}" for t in ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting",
                                    "superres", "phase_retrieval") for k in (
         "dcdp.iterations=2", "dcdp.inner_steps=3", "dcdp.ode_steps=2", "dps.steps=3")],

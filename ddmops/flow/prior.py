@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save
 from ddmops.errors import DataError
 from ddmops.flow import path as fpath
 from ddmops.flow.solver import Method, integrate
+from ddmops.flow.tiling import tiled
 from ddmops.flow.unet import UNetArch, VelocityUNet
 from ddmops.io import atomic_write
 
@@ -26,6 +27,7 @@ class FlowPrior(torch.nn.Module):
         self.net = net.eval().requires_grad_(False)
         self.meta = dict(meta or {})
         self.nfe = 0  # velocity evaluations, counted per image batch
+        self.tile = 0  # > 0: images larger than this go through the network in blended tiles
 
     @property
     def arch(self) -> UNetArch:
@@ -34,8 +36,15 @@ class FlowPrior(torch.nn.Module):
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float, position: torch.Tensor | None = None,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
+        t = t.expand(x_t.shape[0]) if t.dim() == 0 else t
         self.nfe += 1
-        return self.net(x_t, t.expand(x_t.shape[0]) if t.dim() == 0 else t, labels, position)
+        if not self.tile:
+            return self.net(x_t, t, labels, position)
+
+        def per_tile(z: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+            n = z.shape[0] // x_t.shape[0]  # tiles are stacked tile-major along the batch
+            return self.net(z, t.repeat(n), labels.repeat(n) if labels is not None else None, position)
+        return tiled(per_tile, x_t, self.tile, position=position)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor | float, **kw) -> torch.Tensor:
         """x0-prediction x_t + (1 - t) v(x_t, t): the prior's posterior-mean denoiser."""
