@@ -70,3 +70,14 @@ def test_unknown_reference_is_named(tiny_workspace, monkeypatch):
     _run(tiny_workspace, "prepare", monkeypatch=monkeypatch)
     done = sh(["ddmops", "compare", "no-such-exp", "prepare"], tiny_workspace)
     assert done.returncode == 1 and "no-such-exp: no MLflow run" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_dvc_exp_run_names_the_run(tiny_workspace):
+    ws = tiny_workspace
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ws"]):
+        assert sh(cmd, ws).returncode == 0
+    done = sh(["dvc", "exp", "run", "prepare", "-S", "prepare.seed=3", "-n", "seed3"], ws)
+    assert done.returncode == 0, done.stderr
+    (run,) = resolve(embedded_uri(ws), "seed3")
+    assert run.stage == "prepare" and run.params["prepare.seed"] == "3" and run.tags["ddmops.dvc_exp"] == "seed3"
