@@ -36,12 +36,13 @@ def run(
     quiet_environment()
     from ddmops.config import load_params
     from ddmops.errors import DdmopsError
+    from ddmops.guard import NAN_POLICIES
     from pipelines.runner import run_stage
 
     try:
         cfg = load_params(params, overrides)
-        if nan_policy not in ("stop", "skip-batch"):
-            raise DdmopsError(f"--nan-policy {nan_policy!r}: use 'stop' or 'skip-batch'")
+        if nan_policy not in NAN_POLICIES:
+            raise DdmopsError(f"--nan-policy {nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
         metrics = run_stage(stage, cfg, params.resolve().parent, item=item, device=device, progress=progress,
                             nan_policy=nan_policy)
     except DdmopsError as exc:

@@ -39,6 +39,17 @@ def _hstack(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+def _vstack(strips: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Pictures one under the other, left-aligned on a white background."""
+    w = max(s.shape[1] for s in strips)
+    return np.concatenate([np.pad(s, ((0, gap), (0, w - s.shape[1]), (0, 0)), constant_values=255) for s in strips])
+
+
+def _enlarge(img: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W, 3) repeated ``factor`` times along both axes: pixels stay sharp."""
+    return np.kron(img, np.ones((factor, factor, 1), np.uint8)) if factor > 1 else img
+
+
 def kernels_side_by_side(kernels: dict[str, torch.Tensor], tile: int = 160) -> np.ndarray:
     """Kernels (K, K) of any sizes, shown on one colour scale (0 to the largest entry)."""
     size = max(k.shape[-1] for k in kernels.values())
@@ -49,7 +60,7 @@ def kernels_side_by_side(kernels: dict[str, torch.Tensor], tile: int = 160) -> n
         k = torch.nn.functional.pad(k.float(), (pad, pad, pad, pad)).numpy()
         rgb = colormap(k / vmax)
         scale = max(1, tile // size)
-        tiles.append(_label(np.kron(rgb, np.ones((scale, scale, 1), np.uint8)), name))
+        tiles.append(_label(_enlarge(rgb, scale), name))
     return _hstack(tiles)
 
 
@@ -60,9 +71,20 @@ def image_row(images: dict[str, torch.Tensor]) -> np.ndarray:
 
 def image_grid(rows: list[dict[str, torch.Tensor]]) -> np.ndarray:
     """One labelled row per dict, stacked vertically."""
-    strips = [image_row(r) for r in rows]
-    w = max(s.shape[1] for s in strips)
-    return np.concatenate([np.pad(s, ((0, 4), (0, w - s.shape[1]), (0, 0)), constant_values=255) for s in strips])
+    return _vstack([image_row(r) for r in rows])
+
+
+def picture_table(rows: dict[str, dict[str, np.ndarray]], columns: list[str], min_side: int = 160) -> np.ndarray:
+    """A titled row per entry of ``rows`` (title -> {column: (H, W, 3) picture}), its pictures in
+    ``columns`` order, each labelled with its column (a blank where a column has none); small
+    pictures (kernels) are enlarged by an integer factor to at least ``min_side``."""
+    blank = np.full((32, 32, 3), 255, np.uint8)
+    strips = []
+    for title, row in rows.items():
+        tiles = [_label(_enlarge(row[c], -(-min_side // max(row[c].shape[:2]))), c) if c in row
+                 else _label(blank, f"{c}: -") for c in columns]
+        strips.append(_label(_hstack(tiles, gap=8), title))
+    return _vstack(strips, gap=8)
 
 
 def mosaic(x: torch.Tensor, cols: int | None = None) -> np.ndarray:

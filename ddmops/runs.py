@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from ddmops.errors import DdmopsError
-from ddmops.plots import _hstack, _label
-from ddmops.tracking import TAG_PIPELINE, TAG_ROLE, TAG_STAGE, use_tracking
+from ddmops.plots import picture_table
+from ddmops.tracking import TAG_PIPELINE, TAG_ROLE, TAG_STAGE, sqlite_file, use_tracking
 
 HEADLINE = ("psnr/restored", "psnr/dcdp-ode", "kernel/ncc", "loss/val", "loss/dm", "psnr/dps", "data/test_images")
 
@@ -39,7 +39,8 @@ def _view(run) -> RunView:
 
 
 def _client(uri: str):
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].split("?")[0]).is_file():
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file():
         raise DdmopsError(f"no MLflow store at {uri}: no stage has run in this workspace")
     use_tracking(uri)
     import mlflow
@@ -104,12 +105,6 @@ def columns(groups: dict[str, list[RunView]]) -> tuple[dict[str, dict], dict[str
     return metrics, {g: {k: v for k, v in p.items() if k in differ} for g, p in params.items()}
 
 
-def _at_least(img: np.ndarray, side: int) -> np.ndarray:
-    """Small pictures (kernels) enlarged by an integer factor, pixels kept sharp."""
-    f = max(1, -(-side // max(img.shape[:2])))
-    return np.kron(img, np.ones((f, f, 1), np.uint8)) if f > 1 else img
-
-
 def picture(uri: str, groups: dict[str, list[RunView]], out: Path, max_side: int = 480) -> Path:
     """One PNG: a column per group, a row per (stage, picture) that any of them logged at the
     top of its artifacts (kernels against truth, restoration grids, curves)."""
@@ -126,13 +121,7 @@ def picture(uri: str, groups: dict[str, list[RunView]], out: Path, max_side: int
                         cells.setdefault((r.stage, art.path), {})[label] = np.asarray(img)
     if not cells:
         raise DdmopsError("the chosen runs logged no pictures to compare")
-    strips = []
-    for (stage, name), row in sorted(cells.items()):
-        blank = np.full((32, 32, 3), 255, np.uint8)
-        tiles = [_label(_at_least(row[g], 160), g) if g in row else _label(blank, f"{g}: -") for g in groups]
-        strips.append(_label(_hstack(tiles, gap=8), f"{stage} / {name}"))
-    w = max(s.shape[1] for s in strips)
-    canvas = np.concatenate([np.pad(s, ((0, 8), (0, w - s.shape[1]), (0, 0)), constant_values=255) for s in strips])
+    canvas = picture_table({f"{stage} / {name}": row for (stage, name), row in sorted(cells.items())}, list(groups))
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(out)
     return out

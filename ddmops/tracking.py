@@ -77,18 +77,23 @@ def embedded_uri(root: Path) -> str:
     return f"sqlite:///{(Path(root) / 'mlruns.db').resolve()}?timeout={SQLITE_TIMEOUT_S}"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` store URI (query options dropped), else None."""
+    return Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
 @contextlib.contextmanager
 def sqlite_setup(uri: str) -> Iterator[None]:
     """For an SQLite store: hold a lock file while the store is created or migrated (several
     processes may start at once: a `dvc repro`, tuning workers) and switch it to WAL, so
     readers never block the writer and writers wait for each other instead of failing."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_file(uri)
+    if db is None:
         yield
         return
     import fcntl
     import sqlite3
 
-    db = Path(uri[len("sqlite:///"):].split("?")[0])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
