@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,7 +27,9 @@ from benchmarks.common import ROOT, SHARED_DATA, print_table  # noqa: E402
 from ddmops.config import KernelSpec, Paths, load_params  # noqa: E402
 from ddmops.data import save_image_set, source_images, to_tensor  # noqa: E402
 from ddmops.device import pick_device  # noqa: E402
+from ddmops.hashing import config_digest  # noqa: E402
 from ddmops.io import save_npz, write_json  # noqa: E402
+from ddmops.strict import to_dict  # noqa: E402
 from ddmops.workspace import Workspace  # noqa: E402
 from pipelines import degrade, evaluate, invert, learn_operator, train_prior  # noqa: E402
 from pipelines.context import StageContext  # noqa: E402
@@ -47,6 +50,14 @@ def prepare_bsds(ws: Workspace, tile: int, max_side: int, test_photos: int, crop
     write_json(ws.path("prepared") / FILES["meta"], {"channels": 3, "source": "bsds500", "split": "tiles"})
 
 
+def support_size(kernel: np.ndarray, margin: int = 2, floor: float = 0.01) -> int:
+    """The odd side of the centred square holding every entry above ``floor`` x the peak, plus a margin."""
+    rows, cols = np.nonzero(kernel > floor * kernel.max())
+    c = (np.array(kernel.shape) - 1) / 2
+    half = max(np.abs(rows - c[0]).max(), np.abs(cols - c[1]).max())
+    return int(min(kernel.shape[0], 2 * (np.ceil(half) + margin) + 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -61,7 +72,9 @@ def main() -> None:
     params = load_params(Path(args.params))
     root = Path(args.workdir).resolve()
     ws = Workspace(root, Paths())
-    ctx = StageContext(ws=ws, device=pick_device(), progress=False)
+    device = pick_device()
+    ctx = StageContext(ws=ws, device=device, progress=False,
+                       run_key=config_digest("clean", to_dict(params.train_prior.clean), args.max_side))
     prepare_bsds(ws, params.prepare.tile_size, args.max_side, 20, params.prepare.test_crops,
                  params.prepare.test_size)
     t0 = time.perf_counter()
@@ -75,9 +88,12 @@ def main() -> None:
     for task, index in cases:
         deg = params.degrade
         learn = getattr(params.learn_operator, task)
-        if index is not None:  # the real kernels are 25 x 25 with smaller supports: learn at 25 too
+        if index is not None:  # 25 x 25 files holding smaller kernels: learn at the support (+ margin)
             deg = dataclasses.replace(deg, deblur=KernelSpec(kind="file", size=25, path=kernel_file, index=index))
-            learn = dataclasses.replace(learn, kernel_size=25)
+            learn = dataclasses.replace(learn, kernel_size=support_size(np.load(kernel_file)[index]))
+        # checkpoints resume only within a case: each stage's run key names the case and its configs
+        case = config_digest(task, index, to_dict(deg), to_dict(learn))
+        ctx = dataclasses.replace(ctx, run_key=case)
         t0 = time.perf_counter()
         degrade.run(deg, ctx, task)
         train_prior.run(getattr(params.train_prior, task), ctx, task)
@@ -85,7 +101,7 @@ def main() -> None:
         invert.run(getattr(params.invert, task), ctx, task)
         m = evaluate.run(params.evaluate, ctx, task)
         seconds = time.perf_counter() - t0
-        name = f"{task}[{index}]" if index is not None else task
+        name = f"{task}[{index}] K={learn.kernel_size}" if index is not None else task
         rows.append([name, m["kernel/ncc"], m["kernel/ncc_delta"], m["kernel/mae"], m["psnr/restored"],
                      m["psnr/oracle"], m["psnr/input"], learned["train/seconds"], seconds])
         ncc_ok.append(m["kernel/ncc"] >= 0.9)

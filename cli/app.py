@@ -95,8 +95,9 @@ def ui(
 
 
 def _register_subcommands() -> None:
-    from cli import psf, registry, runs, team
+    from cli import psf, registry, runs, team, tune
     app.add_typer(psf.app, name="psf")
+    tune.register(app)
     runs.register(app)
     team.register(app)
     registry.register(app)

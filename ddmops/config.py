@@ -6,6 +6,9 @@ every model in ddmops works in. Training lengths count images seen, not steps.
 
 from __future__ import annotations
 
+import copy
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,7 +16,7 @@ from typing import Literal
 import yaml
 
 from ddmops.errors import ConfigError
-from ddmops.strict import apply_overrides, from_dict
+from ddmops.strict import apply_overrides, from_dict, set_path, to_dict
 
 DDM4IP_TASKS: tuple[str, ...] = ("deblur", "psf_grid", "sr_kernel")  # operator families: blur, PSF grid, SR kernel
 DOMAINS: tuple[str, ...] = ("clean", *DDM4IP_TASKS)  # priors: the clean one, and one per task's observations
@@ -34,6 +37,7 @@ class Paths:
     metrics: str = "metrics"
     reports: str = "reports"
     checkpoints: str = ".checkpoints"
+    tune: str = "tune"  # `ddmops tune`: per-study outputs (trials, best params, plots)
 
 
 @dataclass(frozen=True)
@@ -377,6 +381,70 @@ class RegistryConfig:
     sr_kernel: GateConfig = field(default_factory=GateConfig)
 
 
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One dimension of a search space: ``float``/``int`` over [low, high] (log scale or a
+    step optional) or ``categorical`` over ``choices``."""
+
+    type: Literal["float", "int", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Scalar, ...] = ()
+
+    def __post_init__(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("categorical takes 'choices', not low/high")
+            return
+        if self.choices:
+            raise ValueError(f"{self.type} takes low/high, not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log' do not go together")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"int range needs whole bounds (got {self.low}, {self.high})")
+
+
+Space = dict[str, ParamSpec]  # dotted params key -> its range
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Search spaces of `ddmops tune --task T`: dotted params keys of the task's stages."""
+
+    deblur: Space = field(default_factory=dict)
+    psf_grid: Space = field(default_factory=dict)
+    sr_kernel: Space = field(default_factory=dict)
+    gaussian_deblur: Space = field(default_factory=dict)
+    motion_deblur: Space = field(default_factory=dict)
+    nonlinear_deblur: Space = field(default_factory=dict)
+    inpainting: Space = field(default_factory=dict)
+    superres: Space = field(default_factory=dict)
+    phase_retrieval: Space = field(default_factory=dict)
+
+
+TUNED_TASKS: tuple[str, ...] = (*DDM4IP_TASKS, *TASKS)
+
+
+def tuned_sections(task: str) -> tuple[str, ...]:
+    """The params sections a trial of ``task`` runs with: what its search space may name."""
+    if task in DDM4IP_TASKS:
+        return (f"learn_operator.{task}", f"invert.{task}")
+    return (f"restore.{task}", "restore.tile")
+
+
 @dataclass(frozen=True)
 class Params:
     paths: Paths = field(default_factory=Paths)
@@ -389,6 +457,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def read_params_dict(path: Path, overrides: list[str] | None = None) -> dict:
@@ -401,13 +470,60 @@ def read_params_dict(path: Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return apply_overrides(data, overrides or [])
+    return apply_overrides(data, expand_overrides(overrides or []))
+
+
+def expand_overrides(overrides: list[str]) -> list[str]:
+    """``@FILE`` (a YAML mapping of dotted keys, e.g. a tuned best-params file) -> KEY=VALUE items."""
+    out = []
+    for item in overrides:
+        if not item.startswith("@"):
+            out.append(item)
+            continue
+        path = Path(item[1:])
+        try:
+            mapping = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"override file {path}: {exc}") from None
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"override file {path}: expected a mapping of dotted keys to values")
+        out += [f"{k}={json.dumps(v)}" for k, v in mapping.items()]
+    return out
 
 
 def load_params(path: Path, overrides: list[str] | None = None) -> Params:
     """Load and validate a params file; errors name the file and the dotted key."""
     data = read_params_dict(path, overrides)
     try:
-        return from_dict(Params, data)
+        params = from_dict(Params, data)
+        check_spaces(params)
+        return params
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_spaces(params: Params) -> None:
+    """Every tuned key must be a value of its task's stages, and a trial setting it to either
+    bound (or any choice) must give valid params."""
+    base = to_dict(params)
+    for task in TUNED_TASKS:
+        for key, spec in getattr(params.tune, task).items():
+            where = f"tune.{task}.{key}"
+            if not any(key == s or key.startswith(s + ".") for s in tuned_sections(task)):
+                raise ConfigError(f"'{where}': a {task} trial does not read {key!r}; "
+                                  f"tune keys under {', '.join(tuned_sections(task))}")
+            values = spec.choices if spec.type == "categorical" else (
+                (int(spec.low), int(spec.high)) if spec.type == "int" else (spec.low, spec.high))
+            node = base
+            for part in key.split(".")[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or key.split(".")[-1] not in node or isinstance(
+                    node[key.split(".")[-1]], dict):
+                raise ConfigError(f"'{where}': {key!r} is not a params value")
+            for value in values:
+                trial = copy.deepcopy(base)
+                set_path(trial, key, value)
+                try:
+                    from_dict(Params, trial)
+                except ConfigError as exc:
+                    raise ConfigError(f"'{where}': trial value {value!r} is invalid: {exc}") from None

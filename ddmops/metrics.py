@@ -71,3 +71,13 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     u = _to_unit(x)
     y = (16 + 65.481 * u[:, 0] + 128.553 * u[:, 1] + 24.966 * u[:, 2]) / 255
     return (y * 2 - 1)[:, None]
+
+
+def residual_ratio(y: torch.Tensor, ax: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Per-image RMS of the measurement residual in units of the noise level: (B, ...) -> (B,).
+
+    Morozov's discrepancy principle: a restoration that explains the data to the noise
+    level scores 1; below 1 it fits the noise, above it ignores the data. |ratio - 1| is an
+    objective that needs no ground truth."""
+    rms = (y - ax).flatten(1).pow(2).mean(1).sqrt()
+    return rms / max(sigma, 1e-12)

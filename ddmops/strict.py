@@ -72,15 +72,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train_prior.clean.lr=0.001")
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "", what=f"override {item!r}")
     return data
+
+
+def set_path(data: dict[str, Any], key: str, value: Any, what: str = "") -> None:
+    """``data[a][b] = value`` for ``key`` 'a.b', making sections on the way."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what or repr(key)}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
@@ -109,6 +114,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"{_where(path)}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:  # dict[str, X]: free keys, typed values
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{_where(path)}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, _join(path, str(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     if tp is bool:

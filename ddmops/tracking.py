@@ -24,6 +24,7 @@ QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO
              "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 TAG_STAGE, TAG_PIPELINE, TAG_RUN_KEY, TAG_ROLE = "ddmops.stage", "ddmops.pipeline", "ddmops.run_key", "ddmops.role"
+TAG_STUDY = "ddmops.study"
 
 
 def quiet_environment() -> None:
@@ -167,6 +168,48 @@ class MlflowTracker:
             reason = f"{type(exc).__name__}: {exc}"[:4000]
             mlflow.set_tag("ddmops.error", reason)
             mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
+
+    @classmethod
+    def study_parent(cls, *, root: Path, experiment: str, study: str, tags: Mapping[str, str]) -> str:
+        """The run grouping the trials of Optuna study ``study`` ("<name>-<uid>": created on
+        first use; every worker, on any machine, finds the same one by its tags)."""
+        quiet_environment()
+        uri = default_tracking_uri(root)
+        import mlflow
+
+        _set_tracking_uri(mlflow, uri)
+        with sqlite_setup(uri):
+            exp_id = _experiment_id(mlflow, experiment, root, embedded=uri == embedded_uri(root))
+            found = mlflow.search_runs([exp_id], filter_string=f"tags.`{TAG_STUDY}` = '{study}' and "
+                                       f"tags.`{TAG_ROLE}` = 'study'", max_results=1, output_format="list")
+            if found:
+                return found[0].info.run_id
+            client = mlflow.MlflowClient()
+            run = client.create_run(exp_id, run_name=f"tune-{study.rsplit('-', 1)[0]}",
+                                    tags={TAG_STUDY: study, TAG_ROLE: "study", **tags})
+            client.set_terminated(run.info.run_id)
+            return run.info.run_id
+
+    @classmethod
+    @contextlib.contextmanager
+    def child(cls, parent: str, name: str, tags: Mapping[str, str],
+              finished: tuple[type[BaseException], ...] = ()) -> Iterator["MlflowTracker"]:
+        """A run nested under run ``parent`` (a tuning trial). It ends FINISHED, or FAILED with
+        the error as tag ``ddmops.error`` - but FINISHED for exceptions of a ``finished`` type
+        (a pruned trial ends normally)."""
+        import mlflow
+
+        exp_id = mlflow.get_run(parent).info.experiment_id
+        run = mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent, tags=dict(tags))
+        try:
+            yield cls(run.info.run_id)
+        except BaseException as exc:
+            if not isinstance(exc, finished):
+                mlflow.set_tag("ddmops.error", f"{type(exc).__name__}: {exc}"[:4000])
+            mlflow.end_run(status="FINISHED" if isinstance(exc, finished) else
+                           "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         mlflow.end_run(status="FINISHED")
 

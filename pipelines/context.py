@@ -20,3 +20,4 @@ class StageContext:
     progress: bool = True
     dist: Dist = field(default_factory=Dist)  # process group under torchrun (train-prior only)
     nan_policy: str = "stop"  # non-finite loss in training: 'stop' or 'skip-batch'
+    register: bool = True  # learned operators become registry versions (not for tuning trials)

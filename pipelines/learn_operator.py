@@ -19,6 +19,8 @@ from pipelines.degrade import FILES as DEGRADED
 from pipelines.prepare import FILES as PREPARED
 from pipelines.train_prior import prior_path
 
+HELDOUT_CROPS = 64  # real observation crops scoring the simulated ones (score/observation_gap)
+
 
 def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, float]:
     folder, out = ctx.ws.path("degraded", task), ctx.ws.path("operator", task)
@@ -29,6 +31,10 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     clean_file = ctx.ws.path("prepared") / PREPARED["clean"]
     clean = PatchSampler(load_image_set(clean_file), model.input_size(int(prior.meta["patch_size"])), flips=True,
                          geometry=load_geometry(clean_file))
+    heldout_file = folder / DEGRADED["test_degraded"]  # real observations the prior did not see
+    crops, crop_pos = PatchSampler(load_image_set(heldout_file), int(prior.meta["patch_size"]),
+                                   geometry=load_geometry(heldout_file)).sample_with_position(
+        HELDOUT_CROPS, torch.Generator().manual_seed(cfg.seed + 3))
     truth = load_arrays(folder / DEGRADED["truth"]) if (folder / DEGRADED["truth"]).exists() else None
     true_psfs = psf_stack(truth) if truth is not None else None
     grid = tuple(truth["psf_grid"].shape[:2]) if truth is not None and "psf_grid" in truth else None
@@ -43,7 +49,7 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     result = learn_operator(
         cfg, model, clean, prior, sigma=sigma, device=ctx.device, tracker=ctx.tracker,
         checkpoint=ctx.ws.path("checkpoints", f"learn-operator-{task}.pt"), run_key=ctx.run_key,
-        truth=true_psfs, align=align,
+        truth=true_psfs, align=align, heldout=(crops, crop_pos if prior.arch.position_channels else None),
         on_kernels=lambda k, n: ctx.tracker.log_image(compare(k), f"operator/{n:09d}.png"), progress=ctx.progress,
         nan_policy=ctx.nan_policy)
     arrays = learned_arrays(task, result.kernels, cfg)
@@ -53,11 +59,11 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     save_png(out / "operator.png", compare(result.kernels))
     for name in (OPERATOR_FILE, INFO_FILE, "operator.png"):
         ctx.tracker.log_artifact(out / name, "operator")
-    metrics = {k: v for k, v in result.losses.items() if k.startswith("loss/")}
+    metrics = {k: v for k, v in result.losses.items() if k.startswith(("loss/", "score/"))}
     metrics |= {"train/steps": result.steps, "train/images": result.images, "train/seconds": result.seconds}
     if truth is not None:
         metrics |= stack_errors(align(result.kernels), true_psfs)
-    if ctx.tracker.run_id:  # a real MLflow run: a new registry version with alias `candidate`
+    if ctx.register and ctx.tracker.run_id:  # a real MLflow run: a new registry version with alias `candidate`
         from ddmops.registry import log_operator
         version = log_operator(arrays, task=task, info={"noise_sigma": sigma}, metrics=metrics,
                                params=flatten(to_dict(cfg)), training_data=ctx.ws.key(folder))

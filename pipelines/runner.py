@@ -56,11 +56,10 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
         raise ConfigError(f"stage {name!r} does not run under torchrun with several processes")
     if dist.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
-    digests = {ws.key(p): path_digest(p) for p in stage.inputs(ws, item)}
-    run_key = config_digest(name, item, to_dict(cfg), digests)
+    run_key, digests = stage_key(stage, cfg, ws, item)
     try:
         if not dist.is_main:  # untracked helper process: its results are rank 0's
-            _call(stage, cfg, StageContext(ws=ws, device=dev, run_key=run_key, progress=False, dist=dist,
+            call_stage(stage, cfg, StageContext(ws=ws, device=dev, run_key=run_key, progress=False, dist=dist,
                                            nan_policy=nan_policy), item)
             return {}
         tags = {"ddmops.item": item or "", "ddmops.device": str(dev), "ddmops.processes": str(dist.world),
@@ -75,7 +74,7 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
             tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
             ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist,
                                nan_policy=nan_policy)
-            metrics = _call(stage, cfg, ctx, item)
+            metrics = call_stage(stage, cfg, ctx, item)
             tracker.log_metrics(metrics)
             if stage.curves:
                 _write_curves(ws, tracker, stage.output_name(item))
@@ -85,7 +84,14 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
         shutdown()
 
 
-def _call(stage: Stage, cfg, ctx: StageContext, item: str | None) -> dict[str, float]:
+def stage_key(stage: Stage, cfg, ws: Workspace, item: str | None) -> tuple[str, dict[str, str]]:
+    """The run key of a stage run (stage, item, config, input digests) and the digests."""
+    digests = {ws.key(p): path_digest(p) for p in stage.inputs(ws, item)}
+    return config_digest(stage.name, item, to_dict(cfg), digests), digests
+
+
+def call_stage(stage: Stage, cfg, ctx: StageContext, item: str | None) -> dict[str, float]:
+    """The stage function itself, untracked by the runner: metrics as floats."""
     return {k: float(v) for k, v in stage.run(cfg, ctx, *([item] if item else [])).items()}
 
 

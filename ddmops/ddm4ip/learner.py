@@ -22,7 +22,7 @@ from ddmops.data import PatchSampler
 from ddmops.ddm4ip.objective import distribution_matching_loss, kernel_regularisers
 from ddmops.guard import NanGuard
 from ddmops.flow.prior import FlowPrior
-from ddmops.flow.train import flow_matching_loss
+from ddmops.flow.train import flow_matching_loss, heldout_loss
 from ddmops.io import load_checkpoint, save_checkpoint
 from ddmops.metrics import kernel_errors
 from ddmops.optim import lr_factor, set_lr
@@ -50,10 +50,16 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
                    checkpoint: Path, run_key: str, truth: torch.Tensor | None = None,
                    align: Callable[[torch.Tensor], torch.Tensor] = lambda k: k,
                    on_kernels: Callable[[torch.Tensor, int], None] | None = None,
+                   heldout: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                    progress: bool = True, nan_policy: str = "stop") -> OperatorLearnResult:
     """Learn ``model``'s parameters. ``clean`` samples crops of model.input_size(P) for the
     prior's patch size P; ``truth`` (N, K, K), when known, only feeds the logged error curves,
-    against ``align`` of the model's PSFs (the estimate at the truth's PSF positions)."""
+    against ``align`` of the model's PSFs (the estimate at the truth's PSF positions).
+
+    ``heldout``: real observation crops (M, C, P, P) the prior was not trained on, with their
+    positions (M, 2, P, P) or None; each log step then records ``score/observation_gap``, a
+    score needing no truth: the relative gap between v_pre's flow-matching loss on simulated
+    observations (fixed crops and noise) and on these real ones (0 when they look alike)."""
     data_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     model = model.to(device)
@@ -98,6 +104,20 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
         r = (pos.shape[-1] - y.shape[-1]) // 2  # the observation sees the centre of its crop
         return y, {"position": pos[..., r:r + y.shape[-2], r:r + y.shape[-1]]}
 
+    real_loss = heldout_loss(v_pre.net, *heldout) if heldout is not None else 0.0
+
+    @torch.no_grad()
+    def observation_gap() -> float:
+        g = torch.Generator().manual_seed(cfg.seed + 2)  # the same crops and noise every time
+        n = len(heldout[0])
+        x, pos = clean.sample_with_position(n, g) if with_pos else (clean.sample(n, g), None)
+        y = model(x.to(device), pos.to(device) if pos is not None else None).cpu()
+        y = y + sigma * torch.randn(y.shape, generator=g)
+        if v_pre.arch.position_channels:
+            r = (pos.shape[-1] - y.shape[-1]) // 2
+            pos = pos[..., r:r + y.shape[-2], r:r + y.shape[-1]]
+        return abs(heldout_loss(v_pre.net, y, pos if v_pre.arch.position_channels else None) - real_loss) / real_loss
+
     def crossed(every: int) -> bool:
         return (step * cfg.batch_size) // every != ((step - 1) * cfg.batch_size) // every
 
@@ -140,6 +160,8 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
                 window = {}
                 if truth is not None:
                     logged |= stack_errors(align(ema.cpu()), truth.cpu())
+                if heldout is not None:
+                    logged["score/observation_gap"] = observation_gap()
                 tracker.log_metrics(logged, step=images)
                 bar.update(step, " ".join(f"{k.split('/')[-1]} {v:.3g}" for k, v in logged.items()
                                           if k in ("loss/dm", "kernel/ncc")))
