@@ -2,7 +2,9 @@
 fraction, and how well the unsupervised score ranks trials like PSNR does (Spearman).
 
 Both studies run the same task, budget and sampler seed in one run, on a fresh workspace
-with the test suite's shrunk params (the prior is trained first, outside the timing).
+with the test suite's shrunk data and priors (trained first, outside the timing) but DCDP
+at its default length (10 outer iterations, 10 ODE steps), so trials take seconds, not
+milliseconds. The wall time includes starting the worker processes.
 
     python benchmarks/tune_scaling.py [--task superres] [--trials 16] [--ddm4ip-trials 8]
 """
@@ -17,15 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import print_table  # noqa: E402
-from ddmops.config import DDM4IP_TASKS, load_params  # noqa: E402
+from ddmops.config import DDM4IP_TASKS, TASKS, load_params  # noqa: E402
 from ddmops.tracking import quiet_environment  # noqa: E402
 from pipelines.runner import run_stage  # noqa: E402
 from pipelines.tune import TuneOptions, normalise_task, tune  # noqa: E402
 from tests.conftest import write_workspace  # noqa: E402
 
 
-def workspace(folder: Path, tasks: list[str], images: int) -> Path:
-    root = write_workspace(folder, [f"restore.images={images}", "restore.batch_size=1"]).parent
+def workspace(folder: Path, tasks: list[str], images: int, learn_images: int) -> Path:
+    lengths = [f"restore.{t}.dcdp.{k}=10" for t in TASKS for k in ("iterations", "ode_steps")]
+    lengths += [f"learn_operator.{t}.images={learn_images}" for t in DDM4IP_TASKS]
+    root = write_workspace(folder, [f"restore.images={images}", "restore.batch_size=1", *lengths]).parent
     params = load_params(root / "params.yaml")
     run_stage("prepare", params, root, progress=False)
     run_stage("train-prior", params, root, item="clean", progress=False)
@@ -51,13 +55,15 @@ def main() -> None:
     ap.add_argument("--task", default="superres", help="the task of the scaling comparison")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--images", type=int, default=4, help="test images per DCDP trial (pruning steps)")
-    ap.add_argument("--ddm4ip-trials", type=int, default=8, help="deblur trials for the correlation (0: skip)")
+    ap.add_argument("--ddm4ip-trials", type=int, default=12, help="deblur trials for the correlation (0: skip)")
+    ap.add_argument("--learn-images", type=int, default=1024, help="learn-operator length in the deblur trials")
     args = ap.parse_args()
     quiet_environment()
     task = normalise_task(args.task)
     extra = ["deblur"] if args.ddm4ip_trials else []
     with tempfile.TemporaryDirectory() as tmp:
-        root = workspace(Path(tmp) / "ws", sorted({*extra, *([task] if task in DDM4IP_TASKS else [])}), args.images)
+        root = workspace(Path(tmp) / "ws", sorted({*extra, *([task] if task in DDM4IP_TASKS else [])}), args.images,
+                         args.learn_images)
         rows, corr = [], {}
         for workers in (1, 2):
             r, c = study(root, task=task, study=f"scale-{workers}", n_trials=args.trials, workers=workers,

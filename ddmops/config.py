@@ -310,6 +310,7 @@ class DcdpConfig:
     schedule: Literal["linear", "cosine"] = "linear"
     ode_steps: int = 20  # M, for purify 'ode'
     init: Literal["zeros", "adjoint"] = "zeros"
+    checkpoint_every: int = 10  # outer iterations between checkpoints of a restoration (0: per batch only)
 
     def __post_init__(self):
         if not (0 <= self.t_end <= self.t_start <= 1000 and self.t_start >= 1):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -16,9 +17,9 @@ from ddmops.config import RestoreConfig, TaskConfig
 from ddmops.data import load_geometry, load_image_set, save_image_set
 from ddmops.ddm4ip.families import positions, resolve_operator
 from ddmops.flow.prior import FlowPrior
-from ddmops.inversion.dcdp import dcdp
+from ddmops.inversion.dcdp import DcdpState, dcdp
 from ddmops.inversion.dps import dps
-from ddmops.io import save_npz
+from ddmops.io import load_checkpoint, save_checkpoint, save_npz
 from ddmops.metrics import psnr, residual_ratio, ssim
 from ddmops.plots import image_grid
 from ddmops.tasks import Problem, make_problem
@@ -55,51 +56,93 @@ def problem(cfg: RestoreJob, ctx: StageContext) -> Problem:
                         learned)
 
 
-Method = Callable[[torch.Tensor, Problem, slice, FlowPrior, torch.Generator], torch.Tensor]
+Method = Callable[..., torch.Tensor]  # (y, problem, batch slice, prior, generator, **resume) -> x
 
 
 def method_table(t: TaskConfig) -> dict[str, Method]:
     def run_dcdp(mode: str) -> Method:
         d = t.dcdp
-        return lambda y, p, sl, prior, g: dcdp(
+        return lambda y, p, sl, prior, g, **resume: dcdp(
             y, p.op.batch(sl), prior, iterations=d.iterations, inner_steps=d.inner_steps, lr=d.lr,
             t_start=d.t_start, t_end=d.t_end, schedule=d.schedule, purify_mode=mode, ode_steps=d.ode_steps,
             optimizer=d.optimizer, momentum=d.momentum, prox_weight=d.prox_weight, init=d.init,
-            x_shape=p.x[sl].shape, generator=g).x
+            x_shape=p.x[sl].shape, generator=g, **resume).x
     return {
         "dcdp-ode": run_dcdp("ode"),
         "dcdp-tweedie": run_dcdp("tweedie"),
-        "dps": lambda y, p, sl, prior, g: dps(y, p.op.batch(sl), prior, steps=t.dps.steps, zeta=t.dps.zeta,
+        "dps": lambda y, p, sl, prior, g, **resume: dps(y, p.op.batch(sl), prior, steps=t.dps.steps, zeta=t.dps.zeta,
                                                x_shape=p.x[sl].shape, generator=g),
     }
 
 
+class Progress:
+    """A method's resumable progress over the batches, in one atomic checkpoint: the batches
+    done (restorations, metrics, NFE, seconds, generator state) and, within the current one,
+    DCDP's state every ``every`` outer iterations. Used only on a matching run key."""
+
+    def __init__(self, path: Path, run_key: str, every: int):
+        self.path, self.run_key, self.every = path, run_key, every
+        state = load_checkpoint(path) if path.exists() else {}
+        self.state = state if state.get("run_key") == run_key and run_key else {}
+
+    def get(self, key: str, default=None):
+        return self.state.get(key, default)
+
+    def save(self, done: dict, g: torch.Generator, partial: DcdpState | None = None) -> None:
+        if not self.run_key:
+            return
+        self.state = {"run_key": self.run_key, **done, "gen": g.get_state()}
+        if partial is not None:
+            self.state["partial"] = {"iteration": partial.iteration, "x": partial.x.cpu(),
+                                     "x_data": partial.x_data.cpu()}
+        save_checkpoint(self.path, self.state)
+
+    def partial(self) -> DcdpState | None:
+        s = self.state.get("partial")
+        return DcdpState(s["iteration"], s["x"], s["x_data"]) if s else None
+
+
 def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowPrior,
-            p: Problem) -> dict[str, dict]:
+            p: Problem, name_of_run: str = "restore") -> dict[str, dict]:
     """Run each method over the images in batches -> {method: {"x", "psnr", "ssim", "residual",
     "nfe", "seconds"}}. Per-image PSNR and residual are logged as each batch ends (step: image
-    index), so a tuning trial can be pruned part way."""
+    index), so a tuning trial can be pruned part way. Progress is checkpointed (see
+    :class:`Progress`): an interrupted run continues where it stood, to the same result."""
     table, out = method_table(cfg.task), {}
     for name in methods:
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed + 1)
-        prior.nfe, batches, parts, psnrs, residuals = 0, 0, [], [], []
+        saved = Progress(ctx.ws.path("checkpoints", f"{name_of_run}-{name}.pt"), ctx.run_key,
+                         cfg.task.dcdp.checkpoint_every)
+        done = {k: saved.get(k, v) for k, v in {"parts": [], "psnr": [], "residual": [], "nfe": 0,
+                                                "seconds": 0.0}.items()}
+        if saved.get("gen") is not None:
+            g.set_state(saved.get("gen"))
+        prior.nfe = done["nfe"]
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for i in range(0, len(p.x), cfg.batch_size):
+        t0 = time.perf_counter() - done["seconds"]
+        for i in range(len(done["parts"]) * cfg.batch_size, len(p.x), cfg.batch_size):
             sl = slice(i, i + cfg.batch_size)
             y = p.y[sl].to(ctx.device)
-            x = table[name](y, p, sl, prior, g)
+
+            def checkpoint(state: DcdpState) -> None:
+                if saved.every and state.iteration % saved.every == 0:
+                    saved.save(done | {"nfe": prior.nfe, "seconds": time.perf_counter() - t0}, g, state)
+            resume = {"start": saved.partial(), "on_iteration": checkpoint} if name.startswith("dcdp") else {}
+            x = table[name](y, p, sl, prior, g, **resume)
             with torch.no_grad():
-                residuals.append(residual_ratio(y, p.op.batch(sl).A(x), p.sigma).cpu())
-            parts.append(x.cpu())
-            psnrs.append(psnr(parts[-1], p.x[sl]))
-            batches += 1
-            for j, (pi, ri) in enumerate(zip(psnrs[-1].tolist(), residuals[-1].tolist())):
+                residual = residual_ratio(y, p.op.batch(sl).A(x), p.sigma).cpu()
+            x = x.cpu()
+            done["parts"].append(x)
+            done["psnr"].append(psnr(x, p.x[sl]))
+            done["residual"].append(residual)
+            saved.save(done | {"nfe": prior.nfe, "seconds": time.perf_counter() - t0}, g)
+            for j, (pi, ri) in enumerate(zip(done["psnr"][-1].tolist(), residual.tolist())):
                 ctx.tracker.log_metrics({f"psnr/{name}/per_image": pi, f"residual/{name}/per_image": ri}, step=i + j)
-        x = torch.cat(parts)
-        out[name] = {"x": x, "psnr": torch.cat(psnrs), "ssim": ssim(x, p.x), "residual": torch.cat(residuals),
-                     "nfe": prior.nfe / batches, "seconds": (time.perf_counter() - t0) / len(p.x),
+        x = torch.cat(done["parts"])
+        out[name] = {"x": x, "psnr": torch.cat(done["psnr"]), "ssim": ssim(x, p.x),
+                     "residual": torch.cat(done["residual"]), "nfe": prior.nfe / len(done["parts"]),
+                     "seconds": (time.perf_counter() - t0) / len(p.x),
                      "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if ctx.device.type == "cuda" else 0.0}
     return out
 
@@ -108,7 +151,8 @@ def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: st
     prior = FlowPrior.load(ctx.ws.path("priors", "clean", PRIOR_FILE), ctx.device)
     prior.tile = cfg.tile
     p = problem(cfg, ctx)
-    results = restore(methods, cfg, ctx, prior, p)
+    run_name = f"restore-{task}"
+    results = restore(methods, cfg, ctx, prior, p, run_name)
     out = ctx.ws.path("tasks", task)
     metrics: dict[str, float] = {}
     for name, r in results.items():
@@ -124,6 +168,8 @@ def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: st
     if p.y.shape[-2:] == p.x.shape[-2:]:  # measurements that are images: show them first
         rows = [{"measurement": p.y[i].clamp(-1, 1)} | row for i, row in enumerate(rows)]
     ctx.tracker.log_image(image_grid(rows), f"{task}_grid.png")
+    for name in methods:  # finished: nothing left to resume
+        ctx.ws.path("checkpoints", f"{run_name}-{name}.pt").unlink(missing_ok=True)
     return metrics
 
 

@@ -12,7 +12,7 @@ image size (DCDP's lr on a pixel-mean loss corresponds to lr_here = 2 lr / numel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -20,6 +20,15 @@ import torch
 from ddmops.flow import path as fpath
 from ddmops.flow.prior import FlowPrior
 from ddmops.operators.base import Operator
+
+
+@dataclass(frozen=True)
+class DcdpState:
+    """Where a restoration stands after ``iteration`` outer iterations (for checkpoints)."""
+
+    iteration: int
+    x: torch.Tensor  # (B, C, H, W) purified estimate
+    x_data: torch.Tensor  # (B, C, H, W) estimate before purification
 
 
 @dataclass(frozen=True)
@@ -81,16 +90,24 @@ def purify(x: torch.Tensor, prior: FlowPrior, ddpm_step: int, mode: Literal["ode
 def dcdp(y: torch.Tensor, op: Operator, prior: FlowPrior, *, iterations: int, inner_steps: int, lr: float,
          t_start: int, t_end: int = 0, schedule: str = "linear", purify_mode: str = "ode", ode_steps: int = 20,
          optimizer: str = "sgd", momentum: float = 0.9, prox_weight: float = 0.0, init: str = "zeros",
-         x_shape: torch.Size | None = None, generator: torch.Generator) -> DcdpResult:
-    """Restore x from y. y: measurements (B, ...); x: ``x_shape`` (default op.input_shape(y.shape))."""
+         x_shape: torch.Size | None = None, generator: torch.Generator, start: DcdpState | None = None,
+         on_iteration: Callable[[DcdpState], None] | None = None) -> DcdpResult:
+    """Restore x from y. y: measurements (B, ...); x: ``x_shape`` (default op.input_shape(y.shape)).
+
+    ``start`` continues an interrupted run (with ``generator`` in the state it had then);
+    ``on_iteration`` sees the state after every outer iteration."""
     if init == "adjoint":
         if not op.is_linear:
             raise ValueError("init 'adjoint' needs a linear operator; use 'zeros'")
         x = op.A_adjoint(y)
     else:
         x = torch.zeros(x_shape or op.input_shape(y.shape), device=y.device, dtype=y.dtype)
-    x_data = x
-    for step in purification_schedule(iterations, t_start, t_end, schedule):
+    x_data, done = x, 0
+    if start is not None:
+        x, x_data, done = start.x.to(y), start.x_data.to(y), start.iteration
+    for k, step in enumerate(purification_schedule(iterations, t_start, t_end, schedule)[done:], done + 1):
         x_data = data_consistency(x, y, op, inner_steps, lr, optimizer, momentum, prox_weight)
         x = purify(x_data, prior, step, purify_mode, ode_steps, generator)
+        if on_iteration is not None:
+            on_iteration(DcdpState(k, x, x_data))
     return DcdpResult(x=x.clamp(-1, 1), x_data=x_data)

@@ -54,3 +54,57 @@ def test_sigkill_then_rerun_resumes(tmp_path):
     assert runs[0].data.tags.get("ddmops.resumed") == "true"
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss/train")
     assert max(h.step for h in history) == 1536
+
+
+def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkeypatch):
+    """A long DCDP restoration checkpoints every few outer iterations; interrupted part way
+    through its second image and rerun, it ends with the uninterrupted run's images."""
+    import mlflow
+    import numpy as np
+
+    from ddmops.config import load_params
+    from ddmops.inversion import dcdp as dcdp_module
+    from pipelines.runner import run_stage
+
+    ws = tiny_workspace
+    params = load_params(ws / "params.yaml", [
+        "restore.images=2", "restore.batch_size=1", "restore.nonlinear_deblur.dcdp.iterations=6",
+        "restore.nonlinear_deblur.dcdp.checkpoint_every=2"])
+    run_stage("prepare", params, ws, progress=False)
+    run_stage("train-prior", params, ws, item="clean", progress=False)
+    out = ws / "outputs" / "tasks" / "nonlinear_deblur"
+    ckpt = ws / ".checkpoints" / "restore-nonlinear_deblur-dcdp-ode.pt"
+
+    first = run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
+    def images(name):
+        with np.load(out / f"{name}.npz") as f:
+            return np.stack([f[k] for k in sorted(f.files)])
+    reference = {n: images(n) for n in ("dcdp-ode", "dcdp-tweedie")}
+    assert not ckpt.exists()  # a finished run leaves nothing to resume
+    for f in out.glob("*.npz"):
+        f.unlink()
+
+    calls, purify = [0], dcdp_module.purify
+
+    def interrupted(*args, **kw):  # image 1 of dcdp-ode, outer iteration 3: after a checkpoint at 2
+        calls[0] += 1
+        if calls[0] == 9:
+            raise KeyboardInterrupt
+        return purify(*args, **kw)
+    monkeypatch.setattr(dcdp_module, "purify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
+    state = torch.load(ckpt, weights_only=True)
+    assert len(state["parts"]) == 1 and state["partial"]["iteration"] == 2
+
+    monkeypatch.setattr(dcdp_module, "purify", purify)
+    second = run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
+    for name in reference:
+        np.testing.assert_allclose(images(name), reference[name], rtol=0, atol=1e-6)
+    assert second["psnr/dcdp-ode"] == pytest.approx(first["psnr/dcdp-ode"], abs=1e-6)
+    assert second["nfe/dcdp-ode"] == first["nfe/dcdp-ode"]
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlruns.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string="tags.`ddmops.stage` = 'invert-dcdp-nonlinear_deblur'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]  # the interrupted one continued
+    assert sum(r.data.tags.get("ddmops.resumed") == "true" for r in runs) == 1
