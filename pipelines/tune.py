@@ -13,6 +13,8 @@ import json
 import math
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,6 +88,18 @@ def missing_inputs(params: Params, root: Path, opts: TuneOptions) -> list[str]:
     need = {"train-prior-clean": ws.path("priors", "clean"), f"train-prior@{opts.task}": ws.path("priors", opts.task)}
     targets = [s.format(task=opts.task) for s in UPSTREAM[opts.family]]
     return [t for t in targets if not any(need[t].glob("*"))]
+
+
+def run_upstream(root: Path, stages: list[str], why: str) -> None:
+    """``dvc repro`` the stages a study reads from (recorded in dvc.lock like any repro);
+    outside a DVC project, say what to run."""
+    if not (root / ".dvc").is_dir():
+        raise DdmopsError(f"{why}: run `dvc repro {' '.join(stages)}` (or `ddmops run` each) first")
+    print(f"{why}: running `dvc repro {' '.join(stages)}`", flush=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", *stages], cwd=root, env=env)
+    if done.returncode != 0:
+        raise DdmopsError(f"`dvc repro {' '.join(stages)}` failed (exit code {done.returncode})")
 
 
 # -- one trial -------------------------------------------------------------------------------
@@ -278,8 +292,7 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
         raise ConfigError(f"params 'tune.{opts.task}' declares no search space")
     missing = missing_inputs(params, root, opts)
     if missing:
-        raise DdmopsError(f"tuning {opts.task} needs the outputs of {', '.join(missing)}: "
-                          f"run `dvc repro {' '.join(missing)}` first")
+        run_upstream(root, missing, f"tuning {opts.task} needs the outputs of {', '.join(missing)}")
     storage = opts.storage or studies.default_storage(root)
     opts = replace(opts, storage=storage)
     study = _open(params, root, opts, seed=opts.seed)

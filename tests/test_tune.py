@@ -189,3 +189,16 @@ def test_tune_without_its_inputs_says_which_stages_to_run(tmp_path):
     path = write_workspace(tmp_path / "ws")
     out = CliRunner().invoke(app, ["tune", "--task", "psf-grid", "-p", str(path)])
     assert out.exit_code == 1 and "dvc repro train-prior-clean train-prior@psf_grid" in out.output
+
+
+@pytest.mark.slow
+def test_tune_in_a_fresh_dvc_project_runs_the_stages_it_needs(tmp_path):
+    """As on a fresh clone: `ddmops tune` reproduces the prior it reads, then tunes."""
+    from tests.test_pipeline import sh
+    ws = write_workspace(tmp_path / "ws").parent
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        assert sh(cmd, ws).returncode == 0
+    out = sh(["ddmops", "tune", "--task", "superres", "--n-trials", "2", "--no-progress"], ws)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "running `dvc repro train-prior-clean`" in out.stdout and "2 complete" in out.stdout
+    assert "train-prior-clean" in (ws / "dvc.lock").read_text()

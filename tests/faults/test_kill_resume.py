@@ -108,3 +108,42 @@ def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkey
                               filter_string="tags.`ddmops.stage` = 'invert-dcdp-nonlinear_deblur'")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]  # the interrupted one continued
     assert sum(r.data.tags.get("ddmops.resumed") == "true" for r in runs) == 1
+
+
+def _dvc_workspace(path, overrides):
+    ws = write_workspace(path, overrides).parent
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        assert sh(cmd, ws).returncode == 0
+    return ws
+
+
+@pytest.mark.slow
+def test_killed_dvc_repro_reruns_to_the_same_metrics(tmp_path):
+    """SIGKILL `dvc repro` (and the stage it runs) mid-training; `dvc repro` again finishes
+    with the metrics of an uninterrupted repro."""
+    import json
+
+    ws_a, ws_b = (_dvc_workspace(tmp_path / n, LONGER) for n in ("a", "b"))
+    target = "train-prior-clean"
+    done = sh(["dvc", "repro", target], ws_a)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    ckpt = ws_b / ".checkpoints" / "train-prior-clean.pt"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(["dvc", "repro", target], cwd=ws_b, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 24):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the `ddmops run` it started
+    proc.wait()
+    assert 0 < torch.load(ckpt, weights_only=True)["step"] < 96, "killed before the end"
+
+    again = sh(["dvc", "repro", target], ws_b)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    a, b = (json.loads((ws / "metrics" / f"{target}.json").read_text()) for ws in (ws_a, ws_b))
+    timing = ("seconds", "per_s", "images_per")
+    same = {k: v for k, v in a.items() if not any(t in k for t in timing)}
+    assert same and {k: b[k] for k in same} == pytest.approx(same, abs=1e-6)
+    assert sh(["dvc", "status", target], ws_b).stdout.strip().endswith("up to date.")
