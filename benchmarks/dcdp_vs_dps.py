@@ -15,7 +15,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, SHARED_DATA, print_table  # noqa: E402

@@ -182,15 +182,7 @@ class MlflowTracker:
         _set_tracking_uri(mlflow, uri)
         with sqlite_setup(uri):
             exp_id = _experiment_id(mlflow, experiment, root, embedded=uri == embedded_uri(root))
-            found = mlflow.search_runs([exp_id], filter_string=f"tags.`{TAG_STUDY}` = '{study}' and "
-                                       f"tags.`{TAG_ROLE}` = 'study'", max_results=1, output_format="list")
-            if found:
-                return found[0].info.run_id
-            client = mlflow.MlflowClient()
-            run = client.create_run(exp_id, run_name=f"tune-{study.rsplit('-', 1)[0]}",
-                                    tags={TAG_STUDY: study, TAG_ROLE: "study", **tags})
-            client.set_terminated(run.info.run_id)
-            return run.info.run_id
+            return _grouping_run(mlflow, exp_id, "study", TAG_STUDY, study, f"tune-{study.rsplit('-', 1)[0]}", tags)
 
     @classmethod
     @contextlib.contextmanager
@@ -275,6 +267,20 @@ def _log_datasets(mlflow, root: Path, datasets: Mapping[str, str]) -> None:
         mlflow.log_inputs(datasets=found, contexts=["input"] * len(found), tags_list=[{}] * len(found))
 
 
+def annotate_run(run_id: str, *, tags: Mapping[str, str] = {}, metrics: Mapping[str, float] = {},
+                 artifacts: list[Path] = ()) -> None:
+    """Add to a run that is not active here (a study's parent run): tags, finite metrics, files."""
+    import mlflow
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    for k, v in metrics.items():
+        if v is not None and math.isfinite(v):
+            client.log_metric(run_id, k, float(v))
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+
+
 def use_tracking(uri: str) -> None:
     """Point this process's MLflow client (runs and model registry) at ``uri``, quietly."""
     quiet_environment()
@@ -316,13 +322,18 @@ def _experiment_id(mlflow, name: str, root: Path, embedded: bool) -> str:
 
 def _pipeline_parent(mlflow, exp_id: str, pipeline: str) -> str:
     """The run grouping every stage run of one params version (created on first use)."""
-    found = mlflow.search_runs([exp_id], filter_string=f"tags.`{TAG_PIPELINE}` = '{pipeline}' and "
-                               f"tags.`{TAG_ROLE}` = 'pipeline'", max_results=1, output_format="list")
+    return _grouping_run(mlflow, exp_id, "pipeline", TAG_PIPELINE, pipeline, f"pipeline-{pipeline}")
+
+
+def _grouping_run(mlflow, exp_id: str, role: str, tag: str, value: str, name: str,
+                  tags: Mapping[str, str] | None = None) -> str:
+    """The (terminated) parent run of ``role`` whose tag ``tag`` is ``value``; made on first use."""
+    found = mlflow.search_runs([exp_id], filter_string=f"tags.`{tag}` = '{value}' and tags.`{TAG_ROLE}` = '{role}'",
+                               max_results=1, output_format="list")
     if found:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
-    run = client.create_run(exp_id, run_name=f"pipeline-{pipeline}",
-                            tags={TAG_PIPELINE: pipeline, TAG_ROLE: "pipeline"})
+    run = client.create_run(exp_id, run_name=name, tags={tag: value, TAG_ROLE: role, **(tags or {})})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

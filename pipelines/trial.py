@@ -1,0 +1,167 @@
+"""One tuning trial: the task's stage functions in-process with the trial's values, tracked
+in a nested MLflow run, reporting the pruner's metric as the stages log it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+import torch
+
+from ddmops import study as studies
+from ddmops.config import Params
+from ddmops.errors import TrainingError
+from ddmops.strict import from_dict, set_path, to_dict
+from ddmops.tracking import MlflowTracker
+from ddmops.workspace import Workspace
+from pipelines import STAGES, restore
+from pipelines.context import StageContext
+from pipelines.runner import call_stage, stage_config, stage_key
+
+if TYPE_CHECKING:
+    from pipelines.tune import TuneOptions
+
+# -- one trial -------------------------------------------------------------------------------
+
+class TrialTracker:
+    """Forwards a stage's records to the trial's run under the stage's name, and reports the
+    watched metric to Optuna, which may prune the trial there."""
+
+    def __init__(self, inner, stage: str, report: Callable[[dict, int | None], None]):
+        self.inner, self.prefix, self.report = inner, stage + "/", report
+
+    @property
+    def run_id(self):
+        return self.inner.run_id
+
+    def log_params(self, params):
+        pass  # the trial's parameters are logged once, by the trial
+
+    def log_metrics(self, metrics, step=None):
+        self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
+        self.report(metrics, step)
+
+    def log_image(self, image, artifact_file):
+        self.inner.log_image(image, self.prefix + artifact_file)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.inner.log_artifact(path, self.prefix.rstrip("/") + (f"/{artifact_path}" if artifact_path else ""))
+
+    def set_tags(self, tags):
+        self.inner.set_tags(tags)
+
+
+class Reporter:
+    """Turns a stage's logged metrics into Optuna's intermediate values (and prunes)."""
+
+    def __init__(self, trial: optuna.Trial, key: str | None, per_image: bool, transform=lambda v: v):
+        self.trial, self.key, self.per_image, self.transform = trial, key, per_image, transform
+        self.values: list[float] = []
+
+    def __call__(self, metrics: dict, step: int | None) -> None:
+        if self.key not in metrics or step is None:
+            return
+        self.values.append(self.transform(float(metrics[self.key])))
+        value = sum(self.values) / len(self.values) if self.per_image else self.values[-1]
+        if not math.isfinite(value):  # diverged: a failure, not a poor trial
+            raise TrainingError(f"{self.key} is {value} at step {step}, not a finite number")
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}: intermediate value {value:.4g}")
+
+
+def trial_params(params: Params, values: dict[str, Any], folder: str, checkpoints: str) -> Params:
+    """``params`` with the trial's values and its own output folders (relative to the workspace)."""
+    data = to_dict(params)
+    for key, value in values.items():
+        set_path(data, key, value)
+    for key in ("operator", "restored", "reports", "tasks", "metrics"):
+        data["paths"][key] = f"{folder}/{key}"
+    data["paths"]["checkpoints"] = checkpoints
+    return from_dict(Params, data)
+
+
+def _reporter(trial: optuna.Trial, opts: TuneOptions) -> tuple[str, Reporter]:
+    """The stage whose curve the pruner watches, and the reporter."""
+    if opts.family == "dcdp":
+        if opts.objective == "psnr":
+            return "restore", Reporter(trial, f"psnr/{opts.method}/per_image", per_image=True)
+        return "restore", Reporter(trial, f"residual/{opts.method}/per_image", per_image=True,
+                                   transform=lambda r: abs(r - 1))
+    key = "kernel/ncc" if opts.objective == "psnr" else "score/observation_gap"
+    return "learn-operator", Reporter(trial, key, per_image=False)
+
+
+def run_trial(trial: optuna.Trial, params: Params, root: Path, opts: TuneOptions,
+              tracker, device: torch.device) -> dict[str, float]:
+    """Run the task's stages with the trial's params; -> every metric, named stage/metric."""
+    values = studies.suggest(trial, getattr(params.tune, opts.task))
+    tracker.log_params(values)
+    base = Path(params.paths.tune) / opts.study_name
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    p = trial_params(params, values, f"{base}/trial-{trial.number:04d}", f"{base}/checkpoints/{digest}")
+    ws = Workspace(root, p.paths)
+    watched, reporter = _reporter(trial, opts)
+    metrics: dict[str, float] = {}
+
+    def ctx_for(name: str, run_key: str) -> StageContext:
+        report = reporter if name == watched else (lambda m, s: None)
+        return StageContext(ws=ws, tracker=TrialTracker(tracker, name, report), device=device, run_key=run_key,
+                            progress=False, register=False)
+
+    if opts.family == "ddm4ip":
+        for name in ("learn-operator", "invert", "evaluate"):
+            stage = STAGES[name]
+            cfg = stage_config(stage, p, opts.task)
+            run_key, _ = stage_key(stage, cfg, ws, opts.task)
+            out = call_stage(stage, cfg, ctx_for(name, run_key), opts.task)
+            metrics |= {f"{name}/{k}": v for k, v in out.items()}
+        scores = {"psnr": metrics.get("evaluate/psnr/restored"),
+                  "unsupervised": metrics.get("learn-operator/score/observation_gap")}
+    else:
+        stage = STAGES["invert-dcdp"]
+        cfg = stage_config(stage, p, opts.task)
+        run_key, _ = stage_key(stage, cfg, ws, opts.task)
+        out = restore.run_methods([opts.method], cfg, ctx_for("restore", run_key), opts.task)
+        metrics |= {f"restore/{k}": v for k, v in out.items()}
+        scores = {"psnr": out.get(f"psnr/{opts.method}"), "unsupervised": out.get(f"discrepancy/{opts.method}")}
+    for name, value in scores.items():
+        if value is not None:
+            trial.set_user_attr(name, float(value))
+    return metrics | {f"objective/{k}": v for k, v in scores.items() if v is not None}
+
+
+def objective_fn(params: Params, root: Path, opts: TuneOptions, parent: str, device: torch.device):
+    """Optuna's objective: one nested MLflow run per trial. A failure is recorded (state, error
+    text) and left to Optuna, which marks the trial failed; an interrupt queues the trial again."""
+    def objective(trial: optuna.Trial) -> float:
+        tags = {"ddmops.trial": str(trial.number), "ddmops.study": opts.study_name, "ddmops.task": opts.task,
+                "ddmops.objective": opts.objective}
+        try:
+            with MlflowTracker.child(parent, f"trial-{trial.number:04d}", tags,
+                                     finished=(optuna.TrialPruned,)) as tracker:
+                tracker.log_params({"sampler_seed": trial.study.user_attrs.get("seed", opts.seed),
+                                    "retry_of": studies.retried(trial.study.get_trials(deepcopy=False)[trial.number])})
+                try:
+                    metrics = run_trial(trial, params, root, opts, tracker, device)
+                    tracker.log_metrics(metrics)
+                    value = metrics.get(f"objective/{opts.objective}")
+                    if value is None or not math.isfinite(value):
+                        raise TrainingError(f"objective {opts.objective} is {value}, not a finite number")
+                except optuna.TrialPruned:
+                    tracker.set_tags({"ddmops.trial_state": "PRUNED"})
+                    raise
+                except Exception as exc:
+                    trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+                    tracker.set_tags({"ddmops.trial_state": "FAIL"})
+                    raise
+                tracker.set_tags({"ddmops.trial_state": "COMPLETE"})
+                return float(value)
+        except KeyboardInterrupt:
+            trial.study.enqueue_trial(trial.params, user_attrs={studies.RETRY_OF: trial.number})
+            raise
+    return objective
