@@ -5,7 +5,7 @@ section, so the figures match `dvc repro`; images are held out from prior traini
 (BSDS500 test crops when ../shared/data exists, else the workspace's test images).
 
     python benchmarks/dcdp_vs_dps.py [--params params.yaml] [--tasks gaussian_deblur ...]
-        [--images DIR] [--count 4] [--size 64]
+        [--images DIR] [--count 4] [--size 64] [--dps-steps 1000] [--prior FILE]
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--images", default=str(default_images) if default_images.is_dir() else "")
     ap.add_argument("--count", type=int, default=4)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--dps-steps", type=int, default=0,
+                    help="DPS sampler steps (0: the params file's; DPS's paper uses 1000)")
     args = ap.parse_args()
 
     params_file = Path(args.params).resolve()
@@ -51,6 +53,10 @@ def main() -> None:
     rows, verdicts = [], []
     for task in args.tasks:
         cfg = dataclasses.replace(job(params.restore, task), images=len(x))
+        if args.dps_steps:
+            t = cfg.task
+            cfg = dataclasses.replace(cfg, task=dataclasses.replace(t, dps=dataclasses.replace(t.dps,
+                                                                                        steps=args.dps_steps)))
         p = make_problem(cfg.task, x, ws.root, cfg.seed)
         r = restore(["dcdp-ode", "dcdp-tweedie", "dps"], cfg, ctx, prior, p)
         for name, m in r.items():
