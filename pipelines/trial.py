@@ -25,13 +25,11 @@ from pipelines.runner import call_stage, stage_config, stage_key
 if TYPE_CHECKING:
     from pipelines.tune import TuneOptions
 
-# -- one trial -------------------------------------------------------------------------------
-
 class TrialTracker:
     """Forwards a stage's records to the trial's run under the stage's name, and reports the
     watched metric to Optuna, which may prune the trial there."""
 
-    def __init__(self, inner, stage: str, report: Callable[[dict, int | None], None]):
+    def __init__(self, inner, stage: str, report: Callable[..., None]):
         self.inner, self.prefix, self.report = inner, stage + "/", report
 
     @property
@@ -43,7 +41,7 @@ class TrialTracker:
 
     def log_metrics(self, metrics, step=None):
         self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
-        self.report(metrics, step)
+        self.report(metrics, step, self.inner.log_metrics)
 
     def log_image(self, image, artifact_file):
         self.inner.log_image(image, self.prefix + artifact_file)
@@ -56,13 +54,14 @@ class TrialTracker:
 
 
 class Reporter:
-    """Turns a stage's logged metrics into Optuna's intermediate values (and prunes)."""
+    """Turns a stage's logged metrics into Optuna's intermediate values, logged to the trial's
+    run as ``objective/intermediate``, and prunes."""
 
     def __init__(self, trial: optuna.Trial, key: str | None, per_image: bool, transform=lambda v: v):
         self.trial, self.key, self.per_image, self.transform = trial, key, per_image, transform
         self.values: list[float] = []
 
-    def __call__(self, metrics: dict, step: int | None) -> None:
+    def __call__(self, metrics: dict, step: int | None, log: Callable) -> None:
         if self.key not in metrics or step is None:
             return
         self.values.append(self.transform(float(metrics[self.key])))
@@ -70,6 +69,7 @@ class Reporter:
         if not math.isfinite(value):  # diverged: a failure, not a poor trial
             raise TrainingError(f"{self.key} is {value} at step {step}, not a finite number")
         self.trial.report(value, step)
+        log({"objective/intermediate": value}, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}: intermediate value {value:.4g}")
 
@@ -109,7 +109,7 @@ def run_trial(trial: optuna.Trial, params: Params, root: Path, opts: TuneOptions
     metrics: dict[str, float] = {}
 
     def ctx_for(name: str, run_key: str) -> StageContext:
-        report = reporter if name == watched else (lambda m, s: None)
+        report = reporter if name == watched else (lambda metrics, step, log: None)
         return StageContext(ws=ws, tracker=TrialTracker(tracker, name, report), device=device, run_key=run_key,
                             progress=False, register=False)
 

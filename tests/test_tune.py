@@ -78,6 +78,8 @@ def test_study_with_pruned_and_failed_trials_completes(ws):
     failed = runs["trial-0003"]
     assert failed.info.status == "FAILED" and "not a finite number" in failed.data.tags["ddmops.error"]
     assert runs["trial-0000"].data.metrics["objective/psnr"] == pytest.approx(trials[0].value)
+    history = mlflow.MlflowClient().get_metric_history(runs["trial-0000"].info.run_id, "objective/intermediate")
+    assert {h.step: h.value for h in history} == pytest.approx(trials[0].intermediate_values)
     parent = mlflow.get_run(result.parent_run)
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert parent.data.tags["ddmops.best_trial"] == str(best.number)
