@@ -3,6 +3,7 @@ in a nested MLflow run, reporting the pruner's metric as the stages log it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -20,7 +21,7 @@ from ddmops.tracking import MlflowTracker
 from ddmops.workspace import Workspace
 from pipelines import STAGES, restore
 from pipelines.context import StageContext
-from pipelines.runner import call_stage, stage_config, stage_key
+from pipelines.runner import stage_config, stage_key
 
 if TYPE_CHECKING:
     from pipelines.tune import TuneOptions
@@ -114,21 +115,16 @@ def run_trial(trial: optuna.Trial, params: Params, root: Path, opts: TuneOptions
                             progress=False, register=False)
 
     if opts.family == "ddm4ip":
-        for name in ("learn-operator", "invert", "evaluate"):
-            stage = STAGES[name]
-            cfg = stage_config(stage, p, opts.task)
-            run_key, _ = stage_key(stage, cfg, ws, opts.task)
-            out = call_stage(stage, cfg, ctx_for(name, run_key), opts.task)
-            metrics |= {f"{name}/{k}": v for k, v in out.items()}
-        scores = {"psnr": metrics.get("evaluate/psnr/restored"),
-                  "unsupervised": metrics.get("learn-operator/score/observation_gap")}
-    else:
-        stage = STAGES["invert-dcdp"]
+        steps = [(n, STAGES[n], STAGES[n].run) for n in ("learn-operator", "invert", "evaluate")]
+        keys = {"psnr": "evaluate/psnr/restored", "unsupervised": "learn-operator/score/observation_gap"}
+    else:  # one method of invert-dcdp / invert-dps
+        steps = [("restore", STAGES["invert-dcdp"], functools.partial(restore.run_methods, [opts.method]))]
+        keys = {"psnr": f"restore/psnr/{opts.method}", "unsupervised": f"restore/discrepancy/{opts.method}"}
+    for name, stage, run in steps:
         cfg = stage_config(stage, p, opts.task)
         run_key, _ = stage_key(stage, cfg, ws, opts.task)
-        out = restore.run_methods([opts.method], cfg, ctx_for("restore", run_key), opts.task)
-        metrics |= {f"restore/{k}": v for k, v in out.items()}
-        scores = {"psnr": out.get(f"psnr/{opts.method}"), "unsupervised": out.get(f"discrepancy/{opts.method}")}
+        metrics |= {f"{name}/{k}": float(v) for k, v in run(cfg, ctx_for(name, run_key), opts.task).items()}
+    scores = {k: metrics.get(v) for k, v in keys.items()}
     for name, value in scores.items():
         if value is not None:
             trial.set_user_attr(name, float(value))
