@@ -150,10 +150,14 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
     study = _open(root, opts, seed=opts.seed)
     if "seed" not in study.user_attrs:
         study.set_user_attr("seed", opts.seed)
-    parent = MlflowTracker.study_parent(
-        root=root, experiment=params.tracking.experiment, study=f"{opts.study_name}-{study.user_attrs['uid']}",
-        tags={"ddmops.task": opts.task, "ddmops.objective": opts.objective, "ddmops.storage": _safe_url(storage),
-              "ddmops.sampler": f"TPESampler(seed={study.user_attrs['seed']} + worker)"})
+    tags = {"ddmops.task": opts.task, "ddmops.objective": opts.objective, "ddmops.storage": _safe_url(storage),
+            "ddmops.sampler": f"TPESampler(seed={study.user_attrs['seed']} + worker)"}
+    outer = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: its run is the parent
+    if outer:
+        use_tracking(default_tracking_uri(root))
+        annotate_run(outer, tags={"ddmops.study": f"{opts.study_name}-{study.user_attrs['uid']}", **tags})
+    parent = outer or MlflowTracker.study_parent(root=root, experiment=params.tracking.experiment,
+                                                 study=f"{opts.study_name}-{study.user_attrs['uid']}", tags=tags)
     procs = [multiprocessing.get_context("spawn").Process(
         target=_worker_main, args=(str(params_path), overrides, str(root), opts, parent, i))
         for i in range(opts.workers)] if opts.workers > 1 else []

@@ -204,3 +204,31 @@ def test_tune_in_a_fresh_dvc_project_runs_the_stages_it_needs(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "running `dvc repro train-prior-clean`" in out.stdout and "2 complete" in out.stdout
     assert "train-prior-clean" in (ws / "dvc.lock").read_text()
+
+
+def test_mlproject_entry_points_name_real_stages_and_options():
+    """Every MLproject entry point's command, with its default parameters, parses as a
+    ddmops command whose stage and item exist (what `mlflow run -e` would execute)."""
+    import shlex
+
+    import typer
+
+    from pipelines.runner import resolve
+    project = yaml.safe_load((Path(__file__).resolve().parents[1] / "MLproject").read_text())
+    command = typer.main.get_command(app)
+    for name, entry in project["entry_points"].items():
+        if name == "main":
+            assert entry["command"] == "dvc repro"
+            continue
+        defaults = {k: v["default"] for k, v in entry.get("parameters", {}).items()}
+        args = shlex.split(entry["command"].format(**defaults))
+        assert args[0] == "ddmops"
+        ctx = command.make_context("ddmops", args[1:], resilient_parsing=False)
+        sub = command.get_command(ctx, args[1])
+        sub_ctx = sub.make_context(args[1], args[2:])
+        if args[1] == "run":
+            assert sub_ctx.params["stage"] == name
+            resolve(name, sub_ctx.params["item"])
+        else:
+            assert args[1] == name == "tune"
+            TuneOptions(task=sub_ctx.params["task"].replace("-", "_"))
