@@ -81,14 +81,17 @@ def _summary(result, opts) -> None:
         keys = list(best[0].params)
         table = Table("trial", opts.objective, *[".".join(k.split(".")[-2:]) for k in keys], title="best trials")
         for t in best:
-            table.add_row(str(t.number), f"{t.value:.4g}", *[f"{t.params.get(k, '-'):.4g}" if isinstance(
-                t.params.get(k), float) else str(t.params.get(k, "-")) for k in keys])
+            table.add_row(str(t.number), f"{t.value:.4g}", *[_fmt(t.params.get(k, "-")) for k in keys])
         out.print(table)
     if result.best_file:
         out.print(f"best params: {result.best_file}")
     if result.correlation == result.correlation:
         out.print(f"unsupervised score vs PSNR over complete trials: Spearman {result.correlation:+.2f}")
     out.print(f"MLflow parent run: {result.parent_run}")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def set_args(file: Annotated[Path, typer.Argument(help="a best-params YAML file (dotted key: value)")]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -515,11 +514,11 @@ def check_spaces(params: Params) -> None:
                                   f"tune keys under {', '.join(tuned_sections(task))}")
             values = spec.choices if spec.type == "categorical" else (
                 (int(spec.low), int(spec.high)) if spec.type == "int" else (spec.low, spec.high))
+            *sections, leaf = key.split(".")
             node = base
-            for part in key.split(".")[:-1]:
+            for part in sections:
                 node = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(node, dict) or key.split(".")[-1] not in node or isinstance(
-                    node[key.split(".")[-1]], dict):
+            if not isinstance(node, dict) or isinstance(node.get(leaf, {}), dict):  # missing, or a section
                 raise ConfigError(f"'{where}': {key!r} is not a params value")
             for value in values:
                 trial = copy.deepcopy(base)
