@@ -17,6 +17,7 @@ from ddmops.inversion.diffpir import diffpir
 from ddmops.io import read_json, save_npz, write_json
 from pipelines.context import StageContext
 from pipelines.degrade import FILES as DEGRADED
+from pipelines.resume import BatchProgress
 from pipelines.learn_operator import OPERATOR_FILE
 from pipelines.train_prior import prior_path
 
@@ -46,16 +47,22 @@ def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
         x_geom = input_geometry(arrays, y_geom)
         pos = positions(x_geom, input_size(arrays, tuple(y_all.shape[-2:])))
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
-        prior.nfe, restored, t0 = 0, [], time.perf_counter()
-        for i in range(0, len(y_all), cfg.batch_size):
+        saved = BatchProgress(ctx.ws.path("checkpoints", f"invert-{task}-{name}.pt"), ctx.run_key)
+        done = saved.resume({"parts": [], "nfe": 0, "seconds": 0.0}, g)  # batches restored before a kill
+        prior.nfe, t0 = done["nfe"], time.perf_counter() - done["seconds"]
+        for i in range(len(done["parts"]) * cfg.batch_size, len(y_all), cfg.batch_size):
             sl = slice(i, i + cfg.batch_size)
             op = build_operator(arrays, pos[sl]).to(ctx.device)
-            restored.append(diffpir(y_all[sl].to(ctx.device), op, prior, sigma_n=sigma, steps=cfg.steps, lam=cfg.lam,
-                                    zeta=cfg.zeta, cg_iters=cfg.cg_iters, generator=g).cpu())
+            done["parts"].append(diffpir(y_all[sl].to(ctx.device), op, prior, sigma_n=sigma, steps=cfg.steps,
+                                         lam=cfg.lam, zeta=cfg.zeta, cg_iters=cfg.cg_iters, generator=g).cpu())
+            saved.save(done | {"nfe": prior.nfe, "seconds": time.perf_counter() - t0}, g)
+        restored = done["parts"]
         seconds = time.perf_counter() - t0
         save_npz(ctx.ws.path("restored", task, f"{name}.npz"),
                  save_image_set(list(torch.cat(restored)), quantise=False, geometry=x_geom))
         suffix = "" if name == "learned" else f"/{name}"
         batches = -(-len(y_all) // cfg.batch_size)
         metrics |= {f"sec_per_image{suffix}": seconds / len(y_all), f"nfe{suffix}": prior.nfe / batches}
+    for name in operators:  # finished: nothing left to resume
+        BatchProgress(ctx.ws.path("checkpoints", f"invert-{task}-{name}.pt"), "").clear()
     return metrics

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,11 +18,12 @@ from ddmops.ddm4ip.families import positions, resolve_operator
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.dcdp import DcdpState, dcdp
 from ddmops.inversion.dps import dps
-from ddmops.io import load_checkpoint, save_checkpoint, save_npz
+from ddmops.io import save_npz
 from ddmops.metrics import psnr, residual_ratio, ssim
 from ddmops.plots import image_grid
 from ddmops.tasks import Problem, make_problem
 from pipelines.context import StageContext
+from pipelines.resume import BatchProgress
 from pipelines.prepare import FILES
 from pipelines.train_prior import PRIOR_FILE
 
@@ -75,48 +75,18 @@ def method_table(t: TaskConfig) -> dict[str, Method]:
     }
 
 
-class Progress:
-    """A method's resumable progress over the batches, in one atomic checkpoint: the batches
-    done (restorations, metrics, NFE, seconds, generator state) and, within the current one,
-    DCDP's state every ``every`` outer iterations. Used only on a matching run key."""
-
-    def __init__(self, path: Path, run_key: str, every: int):
-        self.path, self.run_key, self.every = path, run_key, every
-        state = load_checkpoint(path) if path.exists() else {}
-        self.state = state if state.get("run_key") == run_key and run_key else {}
-
-    def get(self, key: str, default=None):
-        return self.state.get(key, default)
-
-    def save(self, done: dict, g: torch.Generator, partial: DcdpState | None = None) -> None:
-        if not self.run_key:
-            return
-        self.state = {"run_key": self.run_key, **done, "gen": g.get_state()}
-        if partial is not None:
-            self.state["partial"] = {"iteration": partial.iteration, "x": partial.x.cpu(),
-                                     "x_data": partial.x_data.cpu()}
-        save_checkpoint(self.path, self.state)
-
-    def partial(self) -> DcdpState | None:
-        s = self.state.get("partial")
-        return DcdpState(s["iteration"], s["x"], s["x_data"]) if s else None
-
-
 def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowPrior,
             p: Problem, name_of_run: str = "restore") -> dict[str, dict]:
     """Run each method over the images in batches -> {method: {"x", "psnr", "ssim", "residual",
     "nfe", "seconds"}}. Per-image PSNR and residual are logged as each batch ends (step: image
     index), so a tuning trial can be pruned part way. Progress is checkpointed (see
-    :class:`Progress`): an interrupted run continues where it stood, to the same result."""
+    :class:`BatchProgress`): an interrupted run continues where it stood, to the same result."""
     table, out = method_table(cfg.task), {}
     for name in methods:
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed + 1)
-        saved = Progress(ctx.ws.path("checkpoints", f"{name_of_run}-{name}.pt"), ctx.run_key,
-                         cfg.task.dcdp.checkpoint_every)
-        done = {k: saved.get(k, v) for k, v in {"parts": [], "psnr": [], "residual": [], "nfe": 0,
-                                                "seconds": 0.0}.items()}
-        if saved.get("gen") is not None:
-            g.set_state(saved.get("gen"))
+        saved = BatchProgress(ctx.ws.path("checkpoints", f"{name_of_run}-{name}.pt"), ctx.run_key)
+        done = saved.resume({"parts": [], "psnr": [], "residual": [], "nfe": 0, "seconds": 0.0}, g)
+        every = cfg.task.dcdp.checkpoint_every
         prior.nfe = done["nfe"]
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -126,7 +96,7 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
             y = p.y[sl].to(ctx.device)
 
             def checkpoint(state: DcdpState) -> None:
-                if saved.every and state.iteration % saved.every == 0:
+                if every and state.iteration % every == 0:
                     saved.save(done | {"nfe": prior.nfe, "seconds": time.perf_counter() - t0}, g, state)
             resume = {"start": saved.partial(), "on_iteration": checkpoint} if name.startswith("dcdp") else {}
             x = table[name](y, p, sl, prior, g, **resume)
@@ -169,7 +139,7 @@ def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: st
         rows = [{"measurement": p.y[i].clamp(-1, 1)} | row for i, row in enumerate(rows)]
     ctx.tracker.log_image(image_grid(rows), f"{task}_grid.png")
     for name in methods:  # finished: nothing left to resume
-        ctx.ws.path("checkpoints", f"{run_name}-{name}.pt").unlink(missing_ok=True)
+        BatchProgress(ctx.ws.path("checkpoints", f"{run_name}-{name}.pt"), "").clear()
     return metrics
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,11 +57,15 @@ def test_sigkill_then_rerun_resumes(tmp_path):
     assert max(h.step for h in history) == 1536
 
 
+def _images(path):
+    with np.load(path) as f:
+        return np.stack([f[k] for k in sorted(f.files) if k.startswith("img_")])
+
+
 def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkeypatch):
     """A long DCDP restoration checkpoints every few outer iterations; interrupted part way
     through its second image and rerun, it ends with the uninterrupted run's images."""
     import mlflow
-    import numpy as np
 
     from ddmops.config import load_params
     from ddmops.inversion import dcdp as dcdp_module
@@ -76,10 +81,7 @@ def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkey
     ckpt = ws / ".checkpoints" / "restore-nonlinear_deblur-dcdp-ode.pt"
 
     first = run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
-    def images(name):
-        with np.load(out / f"{name}.npz") as f:
-            return np.stack([f[k] for k in sorted(f.files)])
-    reference = {n: images(n) for n in ("dcdp-ode", "dcdp-tweedie")}
+    reference = {n: _images(out / f"{n}.npz") for n in ("dcdp-ode", "dcdp-tweedie")}
     assert not ckpt.exists()  # a finished run leaves nothing to resume
     for f in out.glob("*.npz"):
         f.unlink()
@@ -100,7 +102,7 @@ def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkey
     monkeypatch.setattr(dcdp_module, "purify", purify)
     second = run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
     for name in reference:
-        np.testing.assert_allclose(images(name), reference[name], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(_images(out / f"{name}.npz"), reference[name], rtol=0, atol=1e-6)
     assert second["psnr/dcdp-ode"] == pytest.approx(first["psnr/dcdp-ode"], abs=1e-6)
     assert second["nfe/dcdp-ode"] == first["nfe/dcdp-ode"]
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlruns.db'}")
@@ -147,3 +149,40 @@ def test_killed_dvc_repro_reruns_to_the_same_metrics(tmp_path):
     same = {k: v for k, v in a.items() if not any(t in k for t in timing)}
     assert same and {k: b[k] for k in same} == pytest.approx(same, abs=1e-6)
     assert sh(["dvc", "status", target], ws_b).stdout.strip().endswith("up to date.")
+
+
+def test_interrupted_invert_resumes_from_its_finished_batches(tiny_workspace, monkeypatch):
+    """DDM4IP step 3 saves each restored batch: interrupted in its second batch and rerun,
+    it restores only what was left and ends with the uninterrupted run's images."""
+    from ddmops.config import load_params
+    from pipelines import invert as invert_module
+    from pipelines.runner import run_stage
+
+    ws = tiny_workspace
+    params = load_params(ws / "params.yaml", ["invert.deblur.batch_size=1"])
+    for name, item in [("prepare", None), ("train-prior", "clean"), ("degrade", "deblur"),
+                       ("train-prior", "deblur"), ("learn-operator", "deblur")]:
+        run_stage(name, params, ws, item=item, progress=False)
+    out = ws / "outputs" / "restored" / "deblur"
+    first = run_stage("invert", params, ws, item="deblur", progress=False)
+    reference = {n: _images(out / f"{n}.npz") for n in ("learned", "oracle")}
+    assert len(reference["learned"]) >= 2 and not list((ws / ".checkpoints").glob("invert-*"))
+
+    calls, diffpir = [0], invert_module.diffpir
+
+    def interrupted(*args, **kw):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return diffpir(*args, **kw)
+    monkeypatch.setattr(invert_module, "diffpir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("invert", params, ws, item="deblur", progress=False)
+    assert len(torch.load(ws / ".checkpoints" / "invert-deblur-learned.pt", weights_only=True)["parts"]) == 1
+
+    calls[0] = -100  # the rerun goes through
+    second = run_stage("invert", params, ws, item="deblur", progress=False)
+    assert calls[0] == -100 + len(reference["learned"]) - 1 + len(reference["oracle"])  # batch 0 not redone
+    for name in reference:
+        np.testing.assert_allclose(_images(out / f"{name}.npz"), reference[name], rtol=0, atol=1e-6)
+    assert second["nfe"] == first["nfe"]
