@@ -50,6 +50,10 @@ def prepare_bsds(ws: Workspace, tile: int, max_side: int, test_photos: int, crop
     write_json(ws.path("prepared") / FILES["meta"], {"channels": 3, "source": "bsds500", "split": "tiles"})
 
 
+COLUMNS = ["kernel NCC", "NCC of a delta", "kernel MAE", "PSNR learned", "PSNR true op", "PSNR input", "learn s",
+           "case s"]
+
+
 def support_size(kernel: np.ndarray, margin: int = 2, floor: float = 0.01) -> int:
     """The odd side of the centred square holding every entry above ``floor`` x the peak, plus a margin."""
     rows, cols = np.nonzero(kernel > floor * kernel.max())
@@ -104,12 +108,13 @@ def main() -> None:
         name = f"{task}[{index}] K={learn.kernel_size}" if index is not None else task
         rows.append([name, m["kernel/ncc"], m["kernel/ncc_delta"], m["kernel/mae"], m["psnr/restored"],
                      m["psnr/oracle"], m["psnr/input"], learned["train/seconds"], seconds])
+        print(f"case {name}: " + ", ".join(f"{c} {v:.3f}" if isinstance(v, float) else f"{c} {v}" for c, v in zip(
+            COLUMNS, rows[-1][1:], strict=True)), flush=True)  # a long run's partial results survive a stop
         ncc_ok.append(m["kernel/ncc"] >= 0.9)
         gap_ok.append(m["psnr/restored"] >= m["psnr/oracle"] - 1.0)
     print_table(f"Operator recovery on BSDS500 ({ctx.device}; params {args.params}; clean prior "
                 f"{clean_seconds:.0f} s)",
-                ["case", "kernel NCC", "NCC of a delta", "kernel MAE", "PSNR learned", "PSNR true op",
-                 "PSNR input", "learn s", "case s"], rows,
+                ["case", *COLUMNS], rows,
                 f"operator_recovery: NCC >= 0.9 on {sum(ncc_ok)}/{len(rows)} cases, learned-operator PSNR "
                 f"within 1 dB of the oracle on {sum(gap_ok)}/{len(rows)} (goals: all, with the GPU profile)")
 
