@@ -57,6 +57,19 @@ def test_sigkill_then_rerun_resumes(tmp_path):
     assert max(h.step for h in history) == 1536
 
 
+def _interrupt(monkeypatch, module, name: str, at: int) -> list[int]:
+    """``module.name`` raises KeyboardInterrupt on its ``at``-th call; returns the call counter."""
+    calls, real = [0], getattr(module, name)
+
+    def wrapped(*args, **kw):
+        calls[0] += 1
+        if calls[0] == at:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
 def _images(path):
     with np.load(path) as f:
         return np.stack([f[k] for k in sorted(f.files) if k.startswith("img_")])
@@ -86,20 +99,13 @@ def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkey
     for f in out.glob("*.npz"):
         f.unlink()
 
-    calls, purify = [0], dcdp_module.purify
-
-    def interrupted(*args, **kw):  # image 1 of dcdp-ode, outer iteration 3: after a checkpoint at 2
-        calls[0] += 1
-        if calls[0] == 9:
-            raise KeyboardInterrupt
-        return purify(*args, **kw)
-    monkeypatch.setattr(dcdp_module, "purify", interrupted)
+    calls = _interrupt(monkeypatch, dcdp_module, "purify", at=9)  # image 1, iteration 3: after a checkpoint at 2
     with pytest.raises(KeyboardInterrupt):
         run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
     state = torch.load(ckpt, weights_only=True)
     assert len(state["parts"]) == 1 and state["partial"]["iteration"] == 2
 
-    monkeypatch.setattr(dcdp_module, "purify", purify)
+    calls[0] = -100  # the rerun goes through
     second = run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
     for name in reference:
         np.testing.assert_allclose(_images(out / f"{name}.npz"), reference[name], rtol=0, atol=1e-6)
@@ -168,14 +174,7 @@ def test_interrupted_invert_resumes_from_its_finished_batches(tiny_workspace, mo
     reference = {n: _images(out / f"{n}.npz") for n in ("learned", "oracle")}
     assert len(reference["learned"]) >= 2 and not list((ws / ".checkpoints").glob("invert-*"))
 
-    calls, diffpir = [0], invert_module.diffpir
-
-    def interrupted(*args, **kw):
-        calls[0] += 1
-        if calls[0] == 2:
-            raise KeyboardInterrupt
-        return diffpir(*args, **kw)
-    monkeypatch.setattr(invert_module, "diffpir", interrupted)
+    calls = _interrupt(monkeypatch, invert_module, "diffpir", at=2)
     with pytest.raises(KeyboardInterrupt):
         run_stage("invert", params, ws, item="deblur", progress=False)
     assert len(torch.load(ws / ".checkpoints" / "invert-deblur-learned.pt", weights_only=True)["parts"]) == 1
