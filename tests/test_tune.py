@@ -127,13 +127,14 @@ def test_killed_study_resumes_without_losing_trials(ws):
     storage = studies.default_storage(ws)
     deadline = time.time() + 120
     try:
-        while time.time() < deadline:  # wait for: trial 0 complete, trial 1 running
+        while time.time() < deadline:  # wait for: trial 0 complete, trial 1 running with its values
             time.sleep(0.3)
             try:
                 trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
             except KeyError:
                 continue
-            if len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING:
+            if (len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING
+                    and len(trials[1].params) == 2):  # killed once its values are drawn
                 break
         else:
             pytest.fail("the study never reached its second trial")
