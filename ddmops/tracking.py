@@ -160,16 +160,10 @@ class MlflowTracker:
         else:
             run = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=all_tags,
                                    log_system_metrics=system_metrics)
-        try:
+        with _ending(mlflow):
             if not unfinished:
                 _log_datasets(mlflow, root, datasets or {})
             yield cls(run.info.run_id)
-        except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:4000]
-            mlflow.set_tag("ddmops.error", reason)
-            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        mlflow.end_run(status="FINISHED")
 
     @classmethod
     def study_parent(cls, *, root: Path, experiment: str, study: str, tags: Mapping[str, str]) -> str:
@@ -195,15 +189,8 @@ class MlflowTracker:
 
         exp_id = mlflow.get_run(parent).info.experiment_id
         run = mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent, tags=dict(tags))
-        try:
+        with _ending(mlflow, finished):
             yield cls(run.info.run_id)
-        except BaseException as exc:
-            if not isinstance(exc, finished):
-                mlflow.set_tag("ddmops.error", f"{type(exc).__name__}: {exc}"[:4000])
-            mlflow.end_run(status="FINISHED" if isinstance(exc, finished) else
-                           "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        mlflow.end_run(status="FINISHED")
 
     def log_params(self, params):
         import mlflow
@@ -248,6 +235,22 @@ class MlflowTracker:
                 for m in sorted(history, key=lambda m: m.timestamp):  # a resumed step: the last value
                     rows.setdefault(m.step, {"step": m.step})[key] = m.value
         return [rows[s] for s in sorted(rows)]
+
+
+@contextlib.contextmanager
+def _ending(mlflow, finished: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """End the active run as its body ends: FINISHED, or KILLED (Ctrl-C) / FAILED with the error
+    as tag ``ddmops.error``; exceptions of a ``finished`` type end it FINISHED."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, finished):
+            mlflow.end_run(status="FINISHED")
+        else:
+            mlflow.set_tag("ddmops.error", f"{type(exc).__name__}: {exc}"[:4000])
+            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
 
 
 def _log_datasets(mlflow, root: Path, datasets: Mapping[str, str]) -> None:

@@ -17,7 +17,7 @@ from ddmops.inversion.diffpir import diffpir
 from ddmops.io import read_json, save_npz, write_json
 from pipelines.context import StageContext
 from pipelines.degrade import FILES as DEGRADED
-from pipelines.resume import BatchProgress
+from pipelines.resume import BatchProgress, progress_file
 from pipelines.learn_operator import OPERATOR_FILE
 from pipelines.train_prior import prior_path
 
@@ -47,7 +47,7 @@ def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
         x_geom = input_geometry(arrays, y_geom)
         pos = positions(x_geom, input_size(arrays, tuple(y_all.shape[-2:])))
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
-        saved = BatchProgress(ctx.ws.path("checkpoints", f"invert-{task}-{name}.pt"), ctx.run_key)
+        saved = BatchProgress(progress_file(ctx.ws, f"invert-{task}", name), ctx.run_key)
         done = saved.resume({"parts": [], "nfe": 0, "seconds": 0.0}, g)  # batches restored before a kill
         prior.nfe, t0 = done["nfe"], time.perf_counter() - done["seconds"]
         for i in range(len(done["parts"]) * cfg.batch_size, len(y_all), cfg.batch_size):
@@ -64,5 +64,5 @@ def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
         batches = -(-len(y_all) // cfg.batch_size)
         metrics |= {f"sec_per_image{suffix}": seconds / len(y_all), f"nfe{suffix}": prior.nfe / batches}
     for name in operators:  # finished: nothing left to resume
-        BatchProgress(ctx.ws.path("checkpoints", f"invert-{task}-{name}.pt"), "").clear()
+        progress_file(ctx.ws, f"invert-{task}", name).unlink(missing_ok=True)
     return metrics

@@ -23,7 +23,7 @@ from ddmops.metrics import psnr, residual_ratio, ssim
 from ddmops.plots import image_grid
 from ddmops.tasks import Problem, make_problem
 from pipelines.context import StageContext
-from pipelines.resume import BatchProgress
+from pipelines.resume import BatchProgress, progress_file
 from pipelines.prepare import FILES
 from pipelines.train_prior import PRIOR_FILE
 
@@ -84,7 +84,7 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
     table, out = method_table(cfg.task), {}
     for name in methods:
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed + 1)
-        saved = BatchProgress(ctx.ws.path("checkpoints", f"{name_of_run}-{name}.pt"), ctx.run_key)
+        saved = BatchProgress(progress_file(ctx.ws, name_of_run, name), ctx.run_key)
         done = saved.resume({"parts": [], "psnr": [], "residual": [], "nfe": 0, "seconds": 0.0}, g)
         every = cfg.task.dcdp.checkpoint_every
         prior.nfe = done["nfe"]
@@ -139,7 +139,7 @@ def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: st
         rows = [{"measurement": p.y[i].clamp(-1, 1)} | row for i, row in enumerate(rows)]
     ctx.tracker.log_image(image_grid(rows), f"{task}_grid.png")
     for name in methods:  # finished: nothing left to resume
-        BatchProgress(ctx.ws.path("checkpoints", f"{run_name}-{name}.pt"), "").clear()
+        progress_file(ctx.ws, run_name, name).unlink(missing_ok=True)
     return metrics
 
 

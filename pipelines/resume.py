@@ -13,6 +13,7 @@ import torch
 
 from ddmops.inversion.dcdp import DcdpState
 from ddmops.io import load_checkpoint, save_checkpoint
+from ddmops.workspace import Workspace
 
 
 class BatchProgress:
@@ -41,5 +42,8 @@ class BatchProgress:
         s = self.state.get("partial")
         return DcdpState(s["iteration"], s["x"], s["x_data"]) if s else None
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+
+
+def progress_file(ws: Workspace, run: str, part: str) -> Path:
+    """Where the progress of ``part`` (an operator, a method) of stage run ``run`` is kept."""
+    return ws.path("checkpoints", f"{run}-{part}.pt")

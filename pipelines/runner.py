@@ -59,7 +59,7 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
     run_key, digests = stage_key(stage, cfg, ws, item)
     try:
         if not dist.is_main:  # untracked helper process: its results are rank 0's
-            call_stage(stage, cfg, StageContext(ws=ws, device=dev, run_key=run_key, progress=False, dist=dist,
+            _call(stage, cfg, StageContext(ws=ws, device=dev, run_key=run_key, progress=False, dist=dist,
                                            nan_policy=nan_policy), item)
             return {}
         tags = {"ddmops.item": item or "", "ddmops.device": str(dev), "ddmops.processes": str(dist.world),
@@ -74,7 +74,7 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
             tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
             ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist,
                                nan_policy=nan_policy)
-            metrics = call_stage(stage, cfg, ctx, item)
+            metrics = _call(stage, cfg, ctx, item)
             tracker.log_metrics(metrics)
             if stage.curves:
                 _write_curves(ws, tracker, stage.output_name(item))
@@ -90,8 +90,7 @@ def stage_key(stage: Stage, cfg, ws: Workspace, item: str | None) -> tuple[str, 
     return config_digest(stage.name, item, to_dict(cfg), digests), digests
 
 
-def call_stage(stage: Stage, cfg, ctx: StageContext, item: str | None) -> dict[str, float]:
-    """The stage function itself, untracked by the runner: metrics as floats."""
+def _call(stage: Stage, cfg, ctx: StageContext, item: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in stage.run(cfg, ctx, *([item] if item else [])).items()}
 
 

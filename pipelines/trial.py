@@ -26,6 +26,7 @@ from pipelines.runner import stage_config, stage_key
 if TYPE_CHECKING:
     from pipelines.tune import TuneOptions
 
+
 class TrialTracker:
     """Forwards a stage's records to the trial's run under the stage's name, and reports the
     watched metric to Optuna, which may prune the trial there."""

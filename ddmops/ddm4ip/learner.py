@@ -90,15 +90,16 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
                                      "opt_aux": opt_aux.state_dict(), "ema_kernels": ema,
                                      "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state().cpu()})
 
-    def simulate() -> tuple[torch.Tensor, dict]:
-        """A batch of observations y = A_phi(x) + sigma n and the prior's extra inputs."""
+    def simulate(n: int = cfg.batch_size, crops: torch.Generator = data_gen,
+                 noise: torch.Generator = noise_gen) -> tuple[torch.Tensor, dict]:
+        """``n`` observations y = A_phi(x) + sigma n and the prior's extra inputs."""
         if with_pos:
-            x, pos = clean.sample_with_position(cfg.batch_size, data_gen)
+            x, pos = clean.sample_with_position(n, crops)
             pos = pos.to(device)
         else:
-            x, pos = clean.sample(cfg.batch_size, data_gen), None
+            x, pos = clean.sample(n, crops), None
         y = model(x.to(device), pos)
-        y = y + sigma * torch.randn(y.shape, generator=noise_gen, device=noise_gen.device).to(y)
+        y = y + sigma * torch.randn(y.shape, generator=noise, device=noise.device).to(y)
         if not v_pre.arch.position_channels:
             return y, {}
         r = (pos.shape[-1] - y.shape[-1]) // 2  # the observation sees the centre of its crop
@@ -109,14 +110,9 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
     @torch.no_grad()
     def observation_gap() -> float:
         g = torch.Generator().manual_seed(cfg.seed + 2)  # the same crops and noise every time
-        n = len(heldout[0])
-        x, pos = clean.sample_with_position(n, g) if with_pos else (clean.sample(n, g), None)
-        y = model(x.to(device), pos.to(device) if pos is not None else None).cpu()
-        y = y + sigma * torch.randn(y.shape, generator=g)
-        if v_pre.arch.position_channels:
-            r = (pos.shape[-1] - y.shape[-1]) // 2
-            pos = pos[..., r:r + y.shape[-2], r:r + y.shape[-1]]
-        return abs(heldout_loss(v_pre.net, y, pos if v_pre.arch.position_channels else None) - real_loss) / real_loss
+        y, kw = simulate(len(heldout[0]), g, g)
+        pos = kw["position"].cpu() if "position" in kw else None
+        return abs(heldout_loss(v_pre.net, y.cpu(), pos) - real_loss) / real_loss
 
     def crossed(every: int) -> bool:
         return (step * cfg.batch_size) // every != ((step - 1) * cfg.batch_size) // every
