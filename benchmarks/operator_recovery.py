@@ -8,7 +8,10 @@ held-out BSDS500 test crops. Every stage is the pipeline's own stage function, w
 lengths of the chosen params file (default: the CPU profile).
 
     python benchmarks/operator_recovery.py [--params params.yaml] [--kernels 0 4 8] \\
-        [--tasks deblur psf_grid sr_kernel] [--workdir .bench/operator_recovery]
+        [--tasks deblur psf_grid sr_kernel] [--workdir .bench/operator_recovery] [-S key=value ...]
+
+Checkpoints are kept per case under the work directory: a rerun resumes, and a rerun with
+other learn_operator/invert values (``-S``) reuses the case's degraded prior.
 """
 
 from __future__ import annotations
@@ -69,11 +72,13 @@ def main() -> None:
     ap.add_argument("--kernels", nargs="+", type=int, default=list(range(12)))
     ap.add_argument("--workdir", default=str(ROOT / ".bench" / "operator_recovery"))
     ap.add_argument("--max-side", type=int, default=256)
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[],
+                    help="params override key=value (or @file), as `ddmops run -S`")
     args = ap.parse_args()
     if not (SHARED_DATA / "bsds500").is_dir():
         sys.exit(f"needs BSDS500 and the kernels under {SHARED_DATA}")
 
-    params = load_params(Path(args.params))
+    params = load_params(Path(args.params), args.overrides)
     root = Path(args.workdir).resolve()
     ws = Workspace(root, Paths())
     device = pick_device()
@@ -95,12 +100,15 @@ def main() -> None:
         if index is not None:  # 25 x 25 files holding smaller kernels: learn at the support (+ margin)
             deg = dataclasses.replace(deg, deblur=KernelSpec(kind="file", size=25, path=kernel_file, index=index))
             learn = dataclasses.replace(learn, kernel_size=support_size(np.load(kernel_file)[index]))
-        # checkpoints resume only within a case: each stage's run key names the case and its configs
-        case = config_digest(task, index, to_dict(deg), to_dict(learn))
-        ctx = dataclasses.replace(ctx, run_key=case)
+        # checkpoints resume only within a case: the run keys name the case and the configs each stage reads
+        prior_cfg = getattr(params.train_prior, task)
+        observed = config_digest(task, index, to_dict(deg), to_dict(prior_cfg))
         t0 = time.perf_counter()
+        ctx = dataclasses.replace(ctx, run_key=observed)
         degrade.run(deg, ctx, task)
-        train_prior.run(getattr(params.train_prior, task), ctx, task)
+        train_prior.run(prior_cfg, ctx, task)
+        ctx = dataclasses.replace(ctx, run_key=config_digest(observed, to_dict(learn),
+                                                             to_dict(getattr(params.invert, task))))
         learned = learn_operator.run(learn, ctx, task)
         invert.run(getattr(params.invert, task), ctx, task)
         m = evaluate.run(params.evaluate, ctx, task)
