@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 
 from ddmops.errors import ConfigError
-from ddmops.strict import apply_overrides, from_dict, set_path, to_dict
+from ddmops.strict import apply_overrides, check_ranges, from_dict, set_path, to_dict
 
 DDM4IP_TASKS: tuple[str, ...] = ("deblur", "psf_grid", "sr_kernel")  # operator families: blur, PSF grid, SR kernel
 DOMAINS: tuple[str, ...] = ("clean", *DDM4IP_TASKS)  # priors: the clean one, and one per task's observations
@@ -184,6 +184,8 @@ class PriorConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_ranges(self, positive=("batch_size", "accumulation", "images", "lr", "log_every", "sample_every",
+                                     "checkpoint_every", "eval_patches", "sample_steps"), nonnegative=("grad_clip",))
         if self.images < self.batch_size * self.accumulation:
             raise ValueError("images must cover at least one optimiser step (batch_size * accumulation)")
         if self.patch_size < 8:
@@ -208,6 +210,9 @@ class KernelRegConfig:
     center: float = 0.01  # squared distance of the centre of mass from the kernel centre (px)
     gaussian: float = 0.0  # spread around the centre of mass
     sum_to_one: float = 0.0  # |sum(k_raw) - 1| before normalisation
+
+    def __post_init__(self):
+        check_ranges(self, positive=("sparse_p",), nonnegative=("sparse", "center", "gaussian", "sum_to_one"))
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,9 @@ class LearnOperatorConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_ranges(self, positive=("factor", "sr_channels", "batch_size", "images", "lr_kernel", "lr_aux",
+                                     "log_every", "plot_every", "checkpoint_every"),
+                     nonnegative=("noise_sigma",), unit=("kernel_ema",))
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
 
@@ -262,6 +270,10 @@ class InvertConfig:
     batch_size: int = 4
     seed: int = 0
     tile: int = 0  # > 0: the prior sees larger images as blended tiles of this side (bounded memory)
+
+    def __post_init__(self):
+        check_ranges(self, positive=("steps", "lam", "cg_iters", "batch_size"), nonnegative=("noise_sigma", "tile"),
+                     unit=("zeta",))
 
 
 @dataclass(frozen=True)
@@ -312,6 +324,8 @@ class DcdpConfig:
     checkpoint_every: int = 10  # outer iterations between checkpoints of a restoration (0: per batch only)
 
     def __post_init__(self):
+        check_ranges(self, positive=("iterations", "inner_steps", "lr", "ode_steps"),
+                     nonnegative=("prox_weight", "checkpoint_every"), unit=("momentum",))
         if not (0 <= self.t_end <= self.t_start <= 1000 and self.t_start >= 1):
             raise ValueError(f"need 0 <= t_end <= t_start <= 1000, got {self.t_end}, {self.t_start}")
         if self.iterations > self.t_start:
@@ -323,6 +337,9 @@ class DpsConfig:
     steps: int = 100
     zeta: float = 1.0
 
+    def __post_init__(self):
+        check_ranges(self, positive=("steps",), nonnegative=("zeta",))
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -330,6 +347,9 @@ class TaskConfig:
     noise_sigma: float = 0.05
     dcdp: DcdpConfig = field(default_factory=DcdpConfig)
     dps: DpsConfig = field(default_factory=DpsConfig)
+
+    def __post_init__(self):
+        check_ranges(self, nonnegative=("noise_sigma",))
 
 
 TASKS: tuple[str, ...] = ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting", "superres",
@@ -350,6 +370,9 @@ class RestoreConfig:
     inpainting: TaskConfig = field(default_factory=TaskConfig)
     superres: TaskConfig = field(default_factory=TaskConfig)
     phase_retrieval: TaskConfig = field(default_factory=TaskConfig)
+
+    def __post_init__(self):
+        check_ranges(self, positive=("images", "batch_size"), nonnegative=("tile",))
 
 
 @dataclass(frozen=True)

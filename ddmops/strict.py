@@ -43,6 +43,18 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         raise ConfigError(f"{_where(path)}: {exc}") from None
 
 
+def check_ranges(obj: Any, *, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = (),
+                 unit: tuple[str, ...] = ()) -> None:
+    """For ``__post_init__``: raise ValueError naming the first field out of range
+    (positive: > 0, nonnegative: >= 0, unit: in [0, 1]); None values are not checked."""
+    for names, ok, what in ((positive, lambda v: v > 0, "> 0"), (nonnegative, lambda v: v >= 0, ">= 0"),
+                            (unit, lambda v: 0 <= v <= 1, "in [0, 1]")):
+        for name in names:
+            value = getattr(obj, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"{name} must be {what}, got {value}")
+
+
 def to_dict(obj: Any) -> Any:
     """Inverse of :func:`from_dict`: dataclasses to dicts, tuples to lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

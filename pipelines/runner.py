@@ -40,6 +40,14 @@ def stage_config(stage: Stage, params: Params, item: str | None):
     return stage.config(getattr(params, stage.section), item)
 
 
+def logged_params(stage: Stage, params: Params, cfg, item: str | None) -> dict:
+    """What a run reads, keyed as in params.yaml (``restore.inpainting.dcdp.lr``, not the job's field)."""
+    if stage.select is None:
+        return {f"{stage.section}.{item}" if item else stage.section: to_dict(cfg)}
+    section = to_dict(getattr(params, stage.section))  # less the other items' subsections
+    return {stage.section: {k: v for k, v in section.items() if k == item or k not in stage.items}}
+
+
 def run_stage(name: str, params: Params, root: Path, item: str | None = None, device: str | None = None,
               progress: bool = True, nan_policy: str = "stop") -> dict[str, float]:
     """Run stage ``name`` in workspace ``root`` inside an MLflow run; write its metrics file.
@@ -67,11 +75,10 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
                 "ddmops.git_commit": _git_commit(ws.root), "ddmops.version": ddmops.__version__,
                 "ddmops.torch": torch.__version__, "ddmops.python": platform.python_version(),
                 **{f"ddmops.data.{k}": v for k, v in digests.items()}}
-        section = f"{stage.section}.{item}" if item and stage.select is None else stage.section
         with MlflowTracker.open(root=ws.root, experiment=params.tracking.experiment, stage=stage.output_name(item),
                                 run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags,
                                 datasets=digests, system_metrics=stage.long) as tracker:
-            tracker.log_params(flatten({section: to_dict(cfg), "paths": to_dict(params.paths)}))
+            tracker.log_params(flatten({**logged_params(stage, params, cfg, item), "paths": to_dict(params.paths)}))
             ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist,
                                nan_policy=nan_policy)
             metrics = _call(stage, cfg, ctx, item)

@@ -34,6 +34,10 @@ def test_unknown_key_names_path_and_suggestion(tmp_path):
     ("learn_operator.deblur.betas=[0.9]", "expected 2 values"),
     ("prepare.test_fraction=1.5", "must lie in"),
     ("invert=3", "expected a mapping"),
+    ("invert.deblur.steps=-3", "'invert.deblur': steps must be > 0"),
+    ("restore.inpainting.dcdp.momentum=1.5", "momentum must be in \\[0, 1\\]"),
+    ("learn_operator.deblur.reg.sparse=-0.1", "sparse must be >= 0"),
+    ("train_prior.clean.lr=0", "lr must be > 0"),
 ])
 def test_bad_values_rejected(override, fragment):
     data = apply_overrides({}, [override])

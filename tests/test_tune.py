@@ -105,7 +105,8 @@ def test_best_params_round_trip_into_a_run(ws):
     assert metrics["psnr/dcdp-ode"] > 0
     run = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list",
                                          filter_string="tags.`ddmops.stage` = 'invert-dcdp-superres'")][0]
-    assert float(run.data.params["restore.task.dcdp.lr"]) == pytest.approx(values["restore.superres.dcdp.lr"])
+    assert float(run.data.params["restore.superres.dcdp.lr"]) == pytest.approx(values["restore.superres.dcdp.lr"])
+    assert "restore.images" in run.data.params and not any(k.startswith("restore.inpainting.") for k in run.data.params)
 
 
 def test_two_workers_draw_distinct_trials(ws):
