@@ -107,10 +107,11 @@ def main() -> None:
         ctx = dataclasses.replace(ctx, run_key=observed)
         degrade.run(deg, ctx, task)
         train_prior.run(prior_cfg, ctx, task)
-        ctx = dataclasses.replace(ctx, run_key=config_digest(observed, to_dict(learn),
-                                                             to_dict(getattr(params.invert, task))))
+        ctx = dataclasses.replace(ctx, run_key=config_digest(observed, to_dict(learn)))
         learned = learn_operator.run(learn, ctx, task)
-        invert.run(getattr(params.invert, task), ctx, task)
+        inv = getattr(params.invert, task)
+        ctx = dataclasses.replace(ctx, run_key=config_digest(ctx.run_key, to_dict(inv)))
+        invert.run(inv, ctx, task)
         m = evaluate.run(params.evaluate, ctx, task)
         seconds = time.perf_counter() - t0
         name = f"{task}[{index}] K={learn.kernel_size}" if index is not None else task
