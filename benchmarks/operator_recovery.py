@@ -11,7 +11,8 @@ lengths of the chosen params file (default: the CPU profile).
         [--tasks deblur psf_grid sr_kernel] [--workdir .bench/operator_recovery] [-S key=value ...]
 
 Checkpoints are kept per case under the work directory: a rerun resumes, and a rerun with
-other learn_operator/invert values (``-S``) reuses the case's degraded prior.
+other learn_operator/invert values (``-S``) reuses the case's degraded prior (and, when only
+invert values change, its learned operator).
 """
 
 from __future__ import annotations

@@ -134,8 +134,7 @@ class DegradeConfig:
     sr_kernel: SrSpec = field(default_factory=SrSpec)
 
     def __post_init__(self):
-        if self.noise_sigma < 0:
-            raise ValueError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
+        check_ranges(self, nonnegative=("noise_sigma",))
 
 
 @dataclass(frozen=True)
@@ -391,8 +390,7 @@ class GateConfig:
     def __post_init__(self):
         if not self.metric:
             raise ValueError("metric must name a metric, e.g. kernel/ncc or loss/dm")
-        if self.min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
+        check_ranges(self, nonnegative=("min_delta",))
 
 
 @dataclass(frozen=True)
