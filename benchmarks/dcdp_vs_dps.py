@@ -5,7 +5,10 @@ section, so the figures match `dvc repro`; images are held out from prior traini
 (BSDS500 test crops when ../shared/data exists, else the workspace's test images).
 
     python benchmarks/dcdp_vs_dps.py [--params params.yaml] [--tasks gaussian_deblur ...]
-        [--images DIR] [--count 4] [--size 64] [--dps-steps 1000] [--prior FILE]
+        [--images DIR] [--count 4] [--size 64] [--dps-steps 1000] [--prior FILE] [-S key=value ...]
+
+e.g. box inpainting instead of the default random pixels:
+``--tasks inpainting -S restore.inpainting.operator.mask=box``.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--dps-steps", type=int, default=0,
                     help="DPS sampler steps (0: the params file's; DPS's paper uses 1000)")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[],
+                    help="params override key=value (or @file), as `ddmops run -S`")
     args = ap.parse_args()
 
     params_file = Path(args.params).resolve()
-    params = load_params(params_file)
+    params = load_params(params_file, args.overrides)
     ws = Workspace(params_file.parent, params.paths)
     ctx = StageContext(ws=ws, device=pick_device(), progress=False)
     prior = FlowPrior.load(Path(args.prior) if args.prior else ws.path("priors", "clean", PRIOR_FILE), ctx.device)

@@ -33,7 +33,7 @@ TINY = [
     *[f"restore.{t}.{k}" for t in ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting",
                                    "superres", "phase_retrieval") for k in (
         "dcdp.iterations=2", "dcdp.inner_steps=3", "dcdp.ode_steps=2", "dps.steps=3")],
-    "restore.inpainting.operator.box=[8, 8]", "restore.gaussian_deblur.operator.kernel.size=5",
+    "restore.gaussian_deblur.operator.kernel.size=5",
     "restore.motion_deblur.operator.kernel.size=5", "restore.nonlinear_deblur.operator.kernel.size=5",
 ]
 

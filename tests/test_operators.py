@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ddmops.errors import DataError
-from ddmops.operators.blur import Blur, convolve
+from ddmops.operators.blur import FFT_MIN_SIDE, Blur, convolve
 from ddmops.operators.inpaint import Inpaint, box_mask, random_mask
 from ddmops.operators.nonlinear import CameraBlur
 from ddmops.operators.phase import PhaseRetrieval
@@ -16,15 +17,17 @@ def linear_operators(g):
     """Every linear operator family, with the image size it accepts (odd where it can)."""
     k = torch.rand(7, 7, generator=g)
     k = k / k.sum()
+    wide = torch.rand(13, 13, generator=g)  # applied by FFT
     mask = (torch.rand(2, 1, 37, 31, generator=g) > 0.5).float()
     return [
         (Blur(k, "valid"), (37, 31)), (Blur(k, "reflect"), (37, 31)), (Blur(k, "circular"), (37, 31)),
+        (Blur(wide, "valid"), (37, 31)), (Blur(wide, "reflect"), (37, 31)),
         (Downsample(bicubic_kernel(2), 2, "reflect"), (38, 30)), (Downsample(k, 3, "valid"), (37, 31)),
         (Downsample(bicubic_kernel(4), 4, "reflect"), (36, 32)), (Inpaint(mask), (37, 31)),
     ]
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(9))
 def test_adjointness_odd_sizes(index, generator):
     """<A x, y> == <x, A^T y> for every linear operator, on odd sizes where it accepts them."""
     op, size = linear_operators(generator)[index]
@@ -99,6 +102,26 @@ def test_per_image_kernels(generator):
     out = convolve(x, ks)
     for b in range(2):
         torch.testing.assert_close(out[b:b + 1], convolve(x[b:b + 1], ks[b]))
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect", "circular"])
+def test_fft_convolution_matches_direct(padding, generator):
+    """Wide kernels go through the FFT: same values and gradients as direct convolution,
+    for a shared kernel and for one kernel per image."""
+    side = FFT_MIN_SIDE + 2
+    x = torch.randn(2, 3, 23, 19, generator=generator, dtype=torch.float64, requires_grad=True)
+    for k in (torch.rand(side, side, generator=generator, dtype=torch.float64),
+              torch.rand(2, side, side, generator=generator, dtype=torch.float64)):
+        k.requires_grad_(True)
+        xp = F.pad(x, (side // 2,) * 4, mode=padding) if padding != "valid" else x
+        w = k.flip(-1, -2).reshape(-1, 1, side, side)
+        ref = torch.cat([F.conv2d(xp[i:i + 1], w[i % len(w)].expand(3, 1, side, side), groups=3) for i in range(2)])
+        out = convolve(x, k, padding)
+        torch.testing.assert_close(out, ref)
+        grads = torch.autograd.grad((out * ref.detach()).sum(), (x, k))
+        ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), (x, k))
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b)
 
 
 def test_blur_rejects_even_kernel():

@@ -142,3 +142,25 @@ def test_cli_rejects_unknown_stage_and_missing_inputs(tiny_workspace):
     assert result.returncode == 1 and "unknown stage" in result.stderr
     result = sh(["ddmops", "run", "learn-operator", "--task", "deblur"], tiny_workspace)  # nothing has run
     assert result.returncode == 1 and "meta.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dvc_params_cover_what_each_stage_reads():
+    """Every value a stage run reads (as logged to MLflow) is a params dependency of its dvc.yaml
+    stage, so changing it makes `dvc repro` rerun the stage."""
+    from ddmops.config import load_params
+    from pipelines import STAGES
+    from pipelines.runner import logged_params
+
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml")
+    for name, spec in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
+        stage = STAGES.get(name) or STAGES[name.rsplit("-", 1)[0]]
+        items = spec.get("foreach") or [name[len(stage.name) + 1:] or None]
+        body = spec.get("do", spec)
+        for item in items:
+            deps = [p.replace("${item}", item or "") for p in body.get("params", [])]
+            cfg = stage.config(getattr(params, stage.section), item)
+            for section, values in logged_params(stage, params, cfg, item).items():
+                read = [section] if stage.select is None else [f"{section}.{k}" for k in values]
+                missing = [k for k in read if not any(k == d or k.startswith(d + ".") for d in deps)]
+                assert not missing, f"dvc.yaml stage {name}[{item}] lacks params {missing}"

@@ -84,3 +84,8 @@ def ddpm_state_to_flow(x_vp: torch.Tensor, alpha_bar: float) -> tuple[torch.Tens
     """Map a DDPM state sqrt(ab) x + sqrt(1 - ab) eps to (x_t, t) on the flow path."""
     a, s = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
     return x_vp / (a + s), a / (a + s)
+
+
+def flow_scale(t: float) -> float:
+    """x_t / x_vp at flow time t: 1 / (sqrt(ab) + sqrt(1 - ab)) = sqrt(t^2 + (1 - t)^2)."""
+    return math.sqrt(t * t + (1 - t) * (1 - t))
