@@ -23,15 +23,19 @@ def convolve(x: torch.Tensor, kernel: torch.Tensor, padding: Padding = "valid") 
     x: (B, C, H, W); kernel: (K, K), (B, K, K) or (B, 1, K, K) for one kernel per image.
     'valid' returns (B, C, H-K+1, W-K+1); 'reflect' and 'circular' keep (H, W).
     """
-    b, c = x.shape[:2]
     ksize = kernel.shape[-1]
     if padding != "valid":
         p = ksize // 2
         x = F.pad(x, (p, p, p, p), mode=padding)
     if kernel.dim() > 2:
-        kernel = kernel.reshape(b, 1, ksize, ksize)
-    if ksize >= FFT_MIN_SIDE:
-        return _fft_valid(x, kernel)
+        kernel = kernel.reshape(x.shape[0], 1, ksize, ksize)
+    return (_fft_valid if ksize >= FFT_MIN_SIDE else _direct_valid)(x, kernel)
+
+
+def _direct_valid(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """'valid' convolution by depthwise conv2d. x: (B, C, H, W); kernel: (K, K) or (B, 1, K, K)."""
+    b, c = x.shape[:2]
+    ksize = kernel.shape[-1]
     k = kernel.flip(-1, -2).to(x.dtype)
     if k.dim() == 2:
         return F.conv2d(x, k.expand(c, 1, ksize, ksize), groups=c)
