@@ -121,28 +121,33 @@ def test_purification_schedule_follows_dcdp():
 
 
 def test_guided_ode_purification_is_ddim_with_dps_steps(generator):
-    """Guided ODE purification (DCDP's code) equals, in DDPM coordinates, DDIM steps each
-    followed by DPS's correction -g grad_{x_vp} ||y - A(x0_hat(x_vp))||; and it fits y better."""
+    """Guided ODE purification (DCDP's code) equals, in DDPM coordinates, DDIM steps with x0
+    clipped to [-1, 1], each followed by DPS's correction -g grad_{x_vp} ||y - A(x0_hat(x_vp))||
+    (through the clipped x0_hat); and it fits y better."""
     op, x, y, _, _ = gaussian_problem(generator, batch=4, padding="reflect")
     prior, g, step = GaussianPrior(0.1, 0.5), 0.3, 300
     out = purify(x, prior, step, "ode", 3, torch.Generator().manual_seed(3), g, y, op)
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(x)
     ab = [fpath.ddpm_alpha_bar(i).item() for i in (299, 150, 0)] + [1.0]  # M = 3 steps on the DDPM grid
-    x_vp = ab[0] ** 0.5 * x + (1 - ab[0]) ** 0.5 * eps
+    x_vp, clipped = ab[0] ** 0.5 * x + (1 - ab[0]) ** 0.5 * eps, 0
     for a, a_next in zip(ab[:-1], ab[1:]):
         xv = x_vp.detach().requires_grad_(True)
         x0 = prior.denoise(*fpath.ddpm_state_to_flow(xv, a))
+        clipped += int((x0.abs() > 1).sum())
+        x0 = x0.clamp(-1, 1)
         (grad,) = torch.autograd.grad((y - op.A(x0)).flatten(1).norm(dim=1).sum(), xv)
-        eps_hat = (xv - a ** 0.5 * x0) / (1 - a) ** 0.5
-        x_vp = (a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps_hat).detach() - g * grad
+        x0 = x0.detach()
+        eps_hat = (xv.detach() - a ** 0.5 * x0) / (1 - a) ** 0.5
+        x_vp = a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps_hat - g * grad
+    assert clipped > 0  # the clipping is exercised
     torch.testing.assert_close(out, x_vp)  # at alpha_bar = 1 both coordinates agree
     plain = purify(x, prior, step, "ode", 3, torch.Generator().manual_seed(3))
     assert (y - op.A(out)).norm() < (y - op.A(plain)).norm()
 
 
 def test_purify_at_low_noise_is_near_identity(generator):
-    prior = GaussianPrior(0.0, 1.0)
-    x = torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    prior = GaussianPrior(0.0, 0.5)
+    x = (0.5 * torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64)).clamp(-1, 1)
     for mode in ("ode", "tweedie"):
         out = purify(x, prior, 1, mode, 20, torch.Generator().manual_seed(0))
         assert ((out - x) ** 2).mean() < 1e-3

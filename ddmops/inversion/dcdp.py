@@ -4,8 +4,9 @@ K outer iterations; each runs N gradient steps on the data term
 0.5 ||y - A(x)||^2 (+ 0.5 lam ||x - x_k||^2), warm-started at the current x, then purifies
 the result: noise it to the level of DDPM step T_k and denoise with the prior, either
 along the probability-flow ODE (``ode``: at most M Euler steps on the DDPM grid, which is
-exactly DDIM with eta = 0 on this path) or in one x0-prediction (``tweedie``). T_k decays
-from T_0 to T_end. The data term is summed per image, so step sizes do not depend on the
+exactly DDIM with eta = 0 on this path) or in one x0-prediction (``tweedie``). As in the
+authors' samplers, x0-predictions are clipped to [-1, 1]. T_k decays from T_0 to T_end.
+The data term is summed per image, so step sizes do not depend on the
 image size (DCDP's lr on a pixel-mean loss corresponds to lr_here = 2 lr / numel(y)).
 
 As in the authors' code, ODE purification may be guided: each step also takes DPS's step
@@ -86,17 +87,18 @@ def purify(x: torch.Tensor, prior: FlowPrior, ddpm_step: int, mode: Literal["ode
     eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x)
     x_t = fpath.interpolate(x, eps, t)
     if mode == "tweedie":
-        return prior.denoise(x_t, t)
+        return prior.denoise(x_t, t).clamp(-1, 1)
     n = min(ode_steps, max(ddpm_step, 1))
     idx = np.unique(np.round(np.linspace(ddpm_step - 1, 0, n)).astype(np.int64))[::-1]
     grid = [fpath.t_from_ddpm_step(int(i)).item() for i in idx] + [1.0]
-    for t0, t1 in zip(grid[:-1], grid[1:]):  # Euler on the flow ODE == DDIM (eta = 0)
+    for t0, t1 in zip(grid[:-1], grid[1:]):  # DDIM (eta = 0): Euler on the flow ODE, but for the clipping
         if guidance:
-            v, _, grad = residual_gradient(y, op, prior, x_t, t0)
-            # a step of -guidance * grad in DDPM coordinates, carried to the flow path at t0 and t1
-            x_t = x_t + (t1 - t0) * v - guidance * fpath.flow_scale(t0) * fpath.flow_scale(t1) * grad
+            x0, grad = residual_gradient(y, op, prior, x_t, t0)
         else:
-            x_t = x_t + (t1 - t0) * prior.velocity(x_t, t0)
+            x0 = prior.denoise(x_t, t0).clamp(-1, 1)
+        x_t = fpath.interpolate(x0, fpath.eps_from_x0(x_t, x0, t0), t1)
+        if guidance:  # a step of -guidance * grad in DDPM coordinates, carried to the flow path at t0 and t1
+            x_t = x_t - guidance * fpath.flow_scale(t0) * fpath.flow_scale(t1) * grad
     return x_t
 
 

@@ -20,16 +20,16 @@ from ddmops.operators.base import Operator
 
 
 def residual_gradient(y: torch.Tensor, op: Operator, prior: FlowPrior, x_t: torch.Tensor,
-                      t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      t: float) -> tuple[torch.Tensor, torch.Tensor]:
     """DPS's measurement gradient on the flow path. x_t: (B, C, H, W) at flow time t ->
-    (velocity, x0-prediction, gradient in x_t of sum_images ||y - A(x0_hat(x_t))||), detached."""
+    (x0-prediction clipped to [-1, 1], gradient in x_t of sum_images ||y - A(x0_hat(x_t))||
+    through that clipped prediction, as in the authors' code), both detached."""
     x_t = x_t.detach().requires_grad_(True)
     with torch.enable_grad():
-        v = prior.velocity(x_t, t)
-        x0 = fpath.x0_from_velocity(x_t, v, t)
+        x0 = prior.denoise(x_t, t).clamp(-1, 1)
         residual = (y - op.A(x0)).flatten(1).norm(dim=1).sum()
         (grad,) = torch.autograd.grad(residual, x_t)
-    return v.detach(), x0.detach(), grad
+    return x0.detach(), grad
 
 
 def dps(y: torch.Tensor, op: Operator, prior: FlowPrior, *, steps: int, zeta: float, x_shape: torch.Size,
@@ -45,9 +45,8 @@ def dps(y: torch.Tensor, op: Operator, prior: FlowPrior, *, steps: int, zeta: fl
     for i, a in enumerate(ab):
         a_prev = ab[i + 1] if i + 1 < len(ab) else 1.0
         x_t, t = fpath.ddpm_state_to_flow(x, a)
-        _, x0, grad = residual_gradient(y, op, prior, x_t, t)
+        x0, grad = residual_gradient(y, op, prior, x_t, t)
         grad = grad * fpath.flow_scale(t)  # x_t = flow_scale(t) * x: the gradient in x
-        x0 = x0.clamp(-1, 1)
         beta = 1 - a / a_prev
         mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a)) * x
         var = beta * (1 - a_prev) / (1 - a)
