@@ -6,8 +6,8 @@ the result: noise it to the level of DDPM step T_k and denoise with the prior, e
 along the probability-flow ODE (``ode``: at most M Euler steps on the DDPM grid, which is
 exactly DDIM with eta = 0 on this path) or in one x0-prediction (``tweedie``). As in the
 authors' samplers, x0-predictions are clipped to [-1, 1]. T_k decays from T_0 to T_end.
-The data term is summed per image, so step sizes do not depend on the
-image size (DCDP's lr on a pixel-mean loss corresponds to lr_here = 2 lr / numel(y)).
+The data term is summed per image, so step sizes do not depend on the image size (DCDP's lr
+on a pixel-mean loss corresponds to lr_here = 2 lr / numel(y)).
 
 As in the authors' code, ODE purification may be guided: each step also takes DPS's step
 against the gradient of ||y - A(x0_hat)||, of size ``guidance`` in DDPM coordinates (their
