@@ -36,6 +36,7 @@ def test_unknown_key_names_path_and_suggestion(tmp_path):
     ("invert=3", "expected a mapping"),
     ("invert.deblur.steps=-3", "'invert.deblur': steps must be > 0"),
     ("restore.inpainting.dcdp.momentum=1.5", "momentum must be in \\[0, 1\\]"),
+    ("restore.inpainting.dcdp.tweedie_t_end=900", "tweedie_t_end <= t_start"),
     ("learn_operator.deblur.reg.sparse=-0.1", "sparse must be >= 0"),
     ("train_prior.clean.lr=0", "lr must be > 0"),
 ])
@@ -61,6 +62,13 @@ def test_overrides_parse_yaml_values():
     assert data == {"a": {"b": 3, "c": [1, 2]}, "d": True, "e": 0.5}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         apply_overrides({}, ["novalue"])
+
+
+def test_tweedie_end_step_defaults_to_t_end():
+    d = from_dict(Params, apply_overrides({}, ["restore.inpainting.dcdp.t_end=100"])).restore.inpainting.dcdp
+    assert d.end_step("ode") == d.end_step("tweedie") == 100
+    d = dataclasses.replace(d, tweedie_t_end=0)
+    assert (d.end_step("ode"), d.end_step("tweedie")) == (100, 0)
 
 
 def test_configs_are_frozen():

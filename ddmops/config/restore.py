@@ -45,6 +45,8 @@ class DcdpConfig:
     prox_weight: float = 0.0
     t_start: int = 400  # T_0 on the 1000-step DDPM scale
     t_end: int = 0
+    tweedie_t_end: int | None = None  # T_end for purify 'tweedie' when it differs (None: t_end): its one-step
+    # x0-prediction blurs from a level at which the ODE still restores detail
     schedule: Literal["linear", "cosine"] = "linear"
     ode_steps: int = 20  # M, for purify 'ode'
     guidance: float = 0.0  # purify 'ode': DPS step size per ODE step (0: unguided, as the paper)
@@ -56,8 +58,14 @@ class DcdpConfig:
                      nonnegative=("prox_weight", "checkpoint_every", "guidance"), unit=("momentum",))
         if not (0 <= self.t_end <= self.t_start <= 1000 and self.t_start >= 1):
             raise ValueError(f"need 0 <= t_end <= t_start <= 1000, got {self.t_end}, {self.t_start}")
+        if self.tweedie_t_end is not None and not 0 <= self.tweedie_t_end <= self.t_start:
+            raise ValueError(f"need 0 <= tweedie_t_end <= t_start, got {self.tweedie_t_end}, {self.t_start}")
         if self.iterations > self.t_start:
             raise ValueError(f"iterations ({self.iterations}) cannot exceed t_start ({self.t_start})")
+
+    def end_step(self, mode: str) -> int:
+        """T_end of purification mode 'ode' or 'tweedie'."""
+        return self.tweedie_t_end if mode == "tweedie" and self.tweedie_t_end is not None else self.t_end
 
 
 @dataclass(frozen=True)
