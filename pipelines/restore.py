@@ -61,10 +61,10 @@ Method = Callable[..., torch.Tensor]  # (y, problem, batch slice, prior, generat
 
 def method_table(t: TaskConfig) -> dict[str, Method]:
     def run_dcdp(mode: str) -> Method:
-        d = t.dcdp
+        d = t.dcdp.for_mode(mode)
         return lambda y, p, sl, prior, g, **resume: dcdp(
             y, p.op.batch(sl), prior, iterations=d.iterations, inner_steps=d.inner_steps, lr=d.lr,
-            t_start=d.t_start, t_end=d.end_step(mode), schedule=d.schedule, purify_mode=mode, ode_steps=d.ode_steps,
+            t_start=d.t_start, t_end=d.t_end, schedule=d.schedule, purify_mode=mode, ode_steps=d.ode_steps,
             guidance=d.guidance, optimizer=d.optimizer, momentum=d.momentum, prox_weight=d.prox_weight, init=d.init,
             x_shape=p.x[sl].shape, generator=g, **resume).x
     return {

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from ddmops.config import DDM4IP_TASKS, Params, load_params
+from ddmops.config.restore import DcdpConfig, TweedieSettings
 from ddmops.errors import ConfigError
 from ddmops.strict import apply_overrides, flatten, from_dict, to_dict
 from tests.conftest import REPO
@@ -36,7 +37,8 @@ def test_unknown_key_names_path_and_suggestion(tmp_path):
     ("invert=3", "expected a mapping"),
     ("invert.deblur.steps=-3", "'invert.deblur': steps must be > 0"),
     ("restore.inpainting.dcdp.momentum=1.5", "momentum must be in \\[0, 1\\]"),
-    ("restore.inpainting.dcdp.tweedie_t_end=900", "tweedie_t_end <= t_start"),
+    ("restore.inpainting.dcdp.tweedie.t_end=900", "dcdp': tweedie: need 0 <= t_end <= t_start"),
+    ("restore.inpainting.dcdp.tweedie.lr=-1", "dcdp': tweedie: lr must be > 0"),
     ("learn_operator.deblur.reg.sparse=-0.1", "sparse must be >= 0"),
     ("train_prior.clean.lr=0", "lr must be > 0"),
 ])
@@ -64,11 +66,12 @@ def test_overrides_parse_yaml_values():
         apply_overrides({}, ["novalue"])
 
 
-def test_tweedie_end_step_defaults_to_t_end():
+def test_tweedie_settings_override_only_what_they_set():
     d = from_dict(Params, apply_overrides({}, ["restore.inpainting.dcdp.t_end=100"])).restore.inpainting.dcdp
-    assert d.end_step("ode") == d.end_step("tweedie") == 100
-    d = dataclasses.replace(d, tweedie_t_end=0)
-    assert (d.end_step("ode"), d.end_step("tweedie")) == (100, 0)
+    assert d.for_mode("ode") == d.for_mode("tweedie") == d
+    d = from_dict(DcdpConfig, to_dict(d) | {"tweedie": {"t_start": 150, "t_end": 0}})
+    assert d.for_mode("ode") == d
+    assert d.for_mode("tweedie") == dataclasses.replace(d, t_start=150, t_end=0, tweedie=TweedieSettings())
 
 
 def test_configs_are_frozen():

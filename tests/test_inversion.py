@@ -122,8 +122,8 @@ def test_purification_schedule_follows_dcdp():
 
 def test_guided_ode_purification_is_ddim_with_dps_steps(generator):
     """Guided ODE purification (DCDP's code) equals, in DDPM coordinates, DDIM steps with x0
-    clipped to [-1, 1], each followed by DPS's correction -g grad_{x_vp} ||y - A(x0_hat(x_vp))||
-    (through the clipped x0_hat); and it fits y better."""
+    clipped to [-1, 1], each but the last (from DDPM step 0) followed by DPS's correction
+    -g grad_{x_vp} ||y - A(x0_hat(x_vp))|| (through the clipped x0_hat); and it fits y better."""
     op, x, y, _, _ = gaussian_problem(generator, batch=4, padding="reflect")
     prior, g, step = GaussianPrior(0.1, 0.5), 0.3, 300
     out = purify(x, prior, step, "ode", 3, torch.Generator().manual_seed(3), g, y, op)
@@ -138,11 +138,14 @@ def test_guided_ode_purification_is_ddim_with_dps_steps(generator):
         (grad,) = torch.autograd.grad((y - op.A(x0)).flatten(1).norm(dim=1).sum(), xv)
         x0 = x0.detach()
         eps_hat = (xv.detach() - a ** 0.5 * x0) / (1 - a) ** 0.5
-        x_vp = a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps_hat - g * grad
+        x_vp = a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps_hat - (g * grad if a_next < 1 else 0)
     assert clipped > 0  # the clipping is exercised
     torch.testing.assert_close(out, x_vp)  # at alpha_bar = 1 both coordinates agree
     plain = purify(x, prior, step, "ode", 3, torch.Generator().manual_seed(3))
     assert (y - op.A(out)).norm() < (y - op.A(plain)).norm()
+    # from DDPM step 0 (a single, last step) guidance does nothing
+    last = [purify(x, prior, 1, "ode", 3, torch.Generator().manual_seed(3), g_, y, op) for g_ in (0.0, 6.0)]
+    torch.testing.assert_close(last[0], last[1], rtol=0, atol=0)
 
 
 def test_purify_at_low_noise_is_near_identity(generator):

@@ -3,6 +3,7 @@ methods' settings per task."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,6 +37,19 @@ class TaskOperatorConfig:
 
 
 @dataclass(frozen=True)
+class TweedieSettings:
+    """DCDP settings of purify 'tweedie' where they differ from the ODE's (None: the same). Its
+    one-step mean is blurred from levels at which the ODE still restores detail, so it may want
+    a lower T_0/T_end."""
+
+    iterations: int | None = None
+    inner_steps: int | None = None
+    lr: float | None = None
+    t_start: int | None = None
+    t_end: int | None = None
+
+
+@dataclass(frozen=True)
 class DcdpConfig:
     iterations: int = 10  # K
     inner_steps: int = 100  # N gradient steps per data-consistency phase
@@ -45,12 +59,11 @@ class DcdpConfig:
     prox_weight: float = 0.0
     t_start: int = 400  # T_0 on the 1000-step DDPM scale
     t_end: int = 0
-    tweedie_t_end: int | None = None  # T_end for purify 'tweedie' when it differs (None: t_end): its one-step
-    # x0-prediction blurs from a level at which the ODE still restores detail
     schedule: Literal["linear", "cosine"] = "linear"
     ode_steps: int = 20  # M, for purify 'ode'
     guidance: float = 0.0  # purify 'ode': DPS step size per ODE step (0: unguided, as the paper)
     init: Literal["zeros", "adjoint"] = "zeros"
+    tweedie: TweedieSettings = field(default_factory=TweedieSettings)
     checkpoint_every: int = 10  # outer iterations between checkpoints of a restoration (0: per batch only)
 
     def __post_init__(self):
@@ -58,14 +71,21 @@ class DcdpConfig:
                      nonnegative=("prox_weight", "checkpoint_every", "guidance"), unit=("momentum",))
         if not (0 <= self.t_end <= self.t_start <= 1000 and self.t_start >= 1):
             raise ValueError(f"need 0 <= t_end <= t_start <= 1000, got {self.t_end}, {self.t_start}")
-        if self.tweedie_t_end is not None and not 0 <= self.tweedie_t_end <= self.t_start:
-            raise ValueError(f"need 0 <= tweedie_t_end <= t_start, got {self.tweedie_t_end}, {self.t_start}")
         if self.iterations > self.t_start:
             raise ValueError(f"iterations ({self.iterations}) cannot exceed t_start ({self.t_start})")
 
-    def end_step(self, mode: str) -> int:
-        """T_end of purification mode 'ode' or 'tweedie'."""
-        return self.tweedie_t_end if mode == "tweedie" and self.tweedie_t_end is not None else self.t_end
+        if self.tweedie != TweedieSettings():
+            try:
+                self.for_mode("tweedie")
+            except ValueError as exc:
+                raise ValueError(f"tweedie: {exc}") from None
+
+    def for_mode(self, mode: str) -> DcdpConfig:
+        """The settings purification mode 'ode' or 'tweedie' runs with."""
+        if mode != "tweedie":
+            return self
+        changed = {k: v for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
+        return dataclasses.replace(self, **changed, tweedie=TweedieSettings())
 
 
 @dataclass(frozen=True)
