@@ -73,7 +73,6 @@ class DcdpConfig:
             raise ValueError(f"need 0 <= t_end <= t_start <= 1000, got {self.t_end}, {self.t_start}")
         if self.iterations > self.t_start:
             raise ValueError(f"iterations ({self.iterations}) cannot exceed t_start ({self.t_start})")
-
         if self.tweedie != TweedieSettings():
             try:
                 self.for_mode("tweedie")

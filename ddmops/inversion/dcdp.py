@@ -14,9 +14,9 @@ against the gradient of ||y - A(x0_hat)||, of size ``guidance`` in DDPM coordina
 configs: 0.3 for deblurring and SR, 1 for inpainting and phase retrieval), at the cost of a
 backward pass through the prior per step. Unlike their code, the last step (from DDPM step 0,
 where x0_hat(x) = x) is not guided: there the DPS step is a plain gradient step onto the noisy
-measurements, sized by neither prior nor noise (with guidance 6, on 64 px inpainting it moves
-observed pixels 1.5 times their residual, past y); their configs only met noiseless inpainting
-with guidance 1.
+measurements, sized by neither prior nor noise (with guidance 8, on 64 px inpainting it moves
+observed pixels about twice their residual, past y); their configs only met noiseless
+inpainting with guidance 1.
 """
 
 from __future__ import annotations
