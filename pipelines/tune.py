@@ -140,8 +140,16 @@ class TuneResult:
 def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overrides: list[str],
          on_progress: Callable[[int, int], None] = lambda done, total: None) -> TuneResult:
     """Run (or continue) a study with ``opts.workers`` processes; record the results."""
-    if not getattr(params.tune, opts.task):
+    space = getattr(params.tune, opts.task)
+    if not space:
         raise ConfigError(f"params 'tune.{opts.task}' declares no search space")
+    if opts.method == "dcdp-tweedie":  # keys its own settings override would not move the method
+        tweedie = getattr(params.restore, opts.task).dcdp.tweedie
+        prefix = f"restore.{opts.task}.dcdp."
+        shadowed = [k for k in space if k.startswith(prefix) and getattr(tweedie, k[len(prefix):], None) is not None]
+        if shadowed:
+            raise ConfigError(f"--method dcdp-tweedie runs with {prefix}tweedie.* where set: searching "
+                              f"{', '.join(shadowed)} would change nothing; search {prefix}tweedie.<key> instead")
     missing = missing_inputs(params, root, opts)
     if missing:
         run_upstream(root, missing, f"tuning {opts.task} needs the outputs of {', '.join(missing)}")

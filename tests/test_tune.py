@@ -189,6 +189,17 @@ def test_bad_search_spaces_are_refused_before_any_trial(tmp_path, space, message
     assert out.exit_code == 1 and message in out.output and not (tmp_path / "ws" / "optuna.db").exists()
 
 
+def test_tweedie_study_refuses_keys_its_own_settings_override(tmp_path):
+    path = write_workspace(tmp_path / "ws")
+    data = yaml.safe_load(path.read_text())
+    data["restore"]["inpainting"]["dcdp"]["tweedie"] = {"t_start": 120}
+    data["tune"]["inpainting"] = {"restore.inpainting.dcdp.t_start": {"type": "int", "low": 100, "high": 400}}
+    path.write_text(yaml.safe_dump(data))
+    out = CliRunner().invoke(app, ["tune", "--task", "inpainting", "--method", "dcdp-tweedie", "-p", str(path)])
+    assert out.exit_code == 1 and "restore.inpainting.dcdp.tweedie.<key>" in out.output
+    assert not (tmp_path / "ws" / "optuna.db").exists()
+
+
 def test_tune_without_its_inputs_says_which_stages_to_run(tmp_path):
     path = write_workspace(tmp_path / "ws")
     out = CliRunner().invoke(app, ["tune", "--task", "psf-grid", "-p", str(path)])
