@@ -24,7 +24,8 @@ def tune(
                                       "gaussian-deblur, motion-deblur, nonlinear-deblur, inpainting, superres, "
                                       "phase-retrieval")],
     n_trials: Annotated[int, typer.Option(help="trials the study should hold; rerun with more to continue")] = 20,
-    study_name: Annotated[Optional[str], typer.Option(help="resume or name a study (default: the task)")] = None,
+    study_name: Annotated[Optional[str], typer.Option(
+        help="resume or name a study (default: the task; DCDP tasks: TASK-METHOD)")] = None,
     storage: Annotated[Optional[str], typer.Option(
         help="SQLAlchemy URL of the Optuna storage, e.g. postgresql://user:pw@host/optuna (default: "
              "sqlite optuna.db beside the MLflow store)")] = None,

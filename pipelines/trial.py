@@ -14,7 +14,7 @@ import optuna
 import torch
 
 from ddmops import study as studies
-from ddmops.config import Params
+from ddmops.config import ParamSpec, Params
 from ddmops.errors import TrainingError
 from ddmops.strict import from_dict, set_path, to_dict
 from ddmops.tracking import MlflowTracker
@@ -87,6 +87,25 @@ def trial_params(params: Params, values: dict[str, Any], folder: str, checkpoint
     return from_dict(Params, data)
 
 
+def method_space(params: Params, opts: TuneOptions) -> tuple[dict[str, ParamSpec], list[str]]:
+    """The task's search space split into the keys the tuned method runs with and those it does
+    not (a DCDP task's space may hold keys of all three methods: each study searches its own)."""
+    space = getattr(params.tune, opts.task)
+    if opts.family != "dcdp":
+        return dict(space), []
+    prefix = f"restore.{opts.task}."
+    read = getattr(params.restore, opts.task).keys_read(opts.method)
+
+    own = f"{prefix}dcdp.tweedie."
+
+    def reads(key: str) -> bool:
+        rest = key.removeprefix(prefix)
+        if opts.method == "dcdp-tweedie" and own + rest.removeprefix("dcdp.") in space:
+            return False  # the trial's dcdp.tweedie.<key> overrides it
+        return rest == key or any(rest == r or rest.startswith(r + ".") for r in read)
+    return {k: v for k, v in space.items() if reads(k)}, [k for k in space if not reads(k)]
+
+
 def _reporter(trial: optuna.Trial, opts: TuneOptions) -> tuple[str, Reporter]:
     """The stage whose curve the pruner watches, and the reporter."""
     if opts.family == "dcdp":
@@ -101,7 +120,7 @@ def _reporter(trial: optuna.Trial, opts: TuneOptions) -> tuple[str, Reporter]:
 def run_trial(trial: optuna.Trial, params: Params, root: Path, opts: TuneOptions,
               tracker, device: torch.device) -> dict[str, float]:
     """Run the task's stages with the trial's params; -> every metric, named stage/metric."""
-    values = studies.suggest(trial, getattr(params.tune, opts.task))
+    values = studies.suggest(trial, method_space(params, opts)[0])
     tracker.log_params(values)
     base = Path(params.paths.tune) / opts.study_name
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

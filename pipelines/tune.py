@@ -28,7 +28,7 @@ from ddmops.device import pick_device
 from ddmops.errors import ConfigError, DdmopsError
 from ddmops.tracking import MlflowTracker, annotate_run, default_tracking_uri, use_tracking
 from ddmops.workspace import Workspace
-from pipelines.trial import objective_fn
+from pipelines.trial import method_space, objective_fn
 
 METHODS = ("dcdp-ode", "dcdp-tweedie", "dps")
 # where each task's trial needs the pipeline to have run: dvc.yaml stages making them
@@ -39,7 +39,7 @@ UPSTREAM = {"ddm4ip": ("train-prior-clean", "train-prior@{task}"), "dcdp": ("tra
 class TuneOptions:
     task: str  # a params key: deblur, psf_grid, sr_kernel or a DCDP task
     n_trials: int = 20  # the study's size: a rerun with more continues it
-    study: str = ""  # default: the task
+    study: str = ""  # default: the task (DCDP tasks: task-method)
     storage: str = ""  # SQLAlchemy URL; default: sqlite beside the MLflow store
     objective: str = "psnr"  # psnr | unsupervised
     pruner: str = "median"
@@ -62,11 +62,15 @@ class TuneOptions:
 
     @property
     def study_name(self) -> str:
-        return self.study or self.task
+        return self.study or (self.task if self.family == "ddm4ip" else f"{self.task}-{self.method}")
 
     @property
     def family(self) -> str:
         return "ddm4ip" if self.task in DDM4IP_TASKS else "dcdp"
+
+
+def _tuned(opts: TuneOptions) -> str:
+    return f"--method {opts.method}" if opts.family == "dcdp" else f"a {opts.task} trial"
 
 
 def normalise_task(task: str) -> str:
@@ -140,16 +144,12 @@ class TuneResult:
 def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overrides: list[str],
          on_progress: Callable[[int, int], None] = lambda done, total: None) -> TuneResult:
     """Run (or continue) a study with ``opts.workers`` processes; record the results."""
-    space = getattr(params.tune, opts.task)
+    space, unread = method_space(params, opts)
     if not space:
-        raise ConfigError(f"params 'tune.{opts.task}' declares no search space")
-    if opts.method == "dcdp-tweedie":  # keys its own settings override would not move the method
-        tweedie = getattr(params.restore, opts.task).dcdp.tweedie
-        prefix = f"restore.{opts.task}.dcdp."
-        shadowed = [k for k in space if k.startswith(prefix) and getattr(tweedie, k[len(prefix):], None) is not None]
-        if shadowed:
-            raise ConfigError(f"--method dcdp-tweedie runs with {prefix}tweedie.* where set: searching "
-                              f"{', '.join(shadowed)} would change nothing; search {prefix}tweedie.<key> instead")
+        raise ConfigError(f"params 'tune.{opts.task}' declares no key that {_tuned(opts)} runs with"
+                          + (f"; it does not read {', '.join(unread)}" if unread else ""))
+    if unread:  # another method's keys, ODE-only ones, or ones that dcdp.tweedie.* overrides
+        print(f"{_tuned(opts)} does not read {', '.join(unread)}: searching {', '.join(space)}", flush=True)
     missing = missing_inputs(params, root, opts)
     if missing:
         run_upstream(root, missing, f"tuning {opts.task} needs the outputs of {', '.join(missing)}")
@@ -159,7 +159,15 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
     if "seed" not in study.user_attrs:
         study.set_user_attr("seed", opts.seed)
     tags = {"ddmops.task": opts.task, "ddmops.objective": opts.objective, "ddmops.storage": _safe_url(storage),
-            "ddmops.sampler": f"TPESampler(seed={study.user_attrs['seed']} + worker)"}
+            "ddmops.sampler": f"TPESampler(seed={study.user_attrs['seed']} + worker)",
+            "ddmops.searched": ", ".join(space)}
+    if opts.family == "dcdp":  # one study, one method: their PSNRs are not one objective
+        if "method" not in study.user_attrs:
+            study.set_user_attr("method", opts.method)
+        if study.user_attrs["method"] != opts.method:
+            raise ConfigError(f"study {opts.study_name!r} tunes --method {study.user_attrs['method']}; "
+                              f"choose another --study-name for {opts.method}")
+        tags["ddmops.method"] = opts.method
     outer = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: its run is the parent
     if outer:
         use_tracking(default_tracking_uri(root))

@@ -22,7 +22,8 @@ from ddmops.config import load_params
 from ddmops.errors import ConfigError
 from ddmops.tracking import default_tracking_uri
 from pipelines.runner import run_stage
-from pipelines.tune import TuneOptions, tune
+from pipelines.trial import method_space
+from pipelines.tune import METHODS, TuneOptions, tune
 from tests.conftest import write_workspace
 
 # superres trials: two images (two pruning steps), short inner loops
@@ -189,15 +190,43 @@ def test_bad_search_spaces_are_refused_before_any_trial(tmp_path, space, message
     assert out.exit_code == 1 and message in out.output and not (tmp_path / "ws" / "optuna.db").exists()
 
 
-def test_tweedie_study_refuses_keys_its_own_settings_override(tmp_path):
+def test_each_method_searches_the_keys_it_runs_with(tmp_path):
     path = write_workspace(tmp_path / "ws")
     data = yaml.safe_load(path.read_text())
-    data["restore"]["inpainting"]["dcdp"]["tweedie"] = {"t_start": 120}
-    data["tune"]["inpainting"] = {"restore.inpainting.dcdp.t_start": {"type": "int", "low": 100, "high": 400}}
+    data["restore"]["inpainting"]["dcdp"]["tweedie"] = {"t_start": 120, "t_end": 0}
+    keys = ["restore.inpainting.dcdp.lr", "restore.inpainting.dcdp.t_start", "restore.inpainting.dcdp.ode_steps",
+            "restore.inpainting.dcdp.momentum", "restore.inpainting.dcdp.tweedie.t_start",
+            "restore.inpainting.dcdp.tweedie.lr", "restore.inpainting.dps.zeta",
+            "restore.inpainting.noise_sigma", "restore.tile"]
+    space = {k: {"type": "float", "low": 0.01, "high": 0.1} for k in keys}
+    for k in ("restore.inpainting.dcdp.t_start", "restore.inpainting.dcdp.ode_steps",
+              "restore.inpainting.dcdp.tweedie.t_start", "restore.tile"):
+        space[k] = {"type": "int", "low": 100, "high": 400}
+    data["tune"]["inpainting"] = space
     path.write_text(yaml.safe_dump(data))
-    out = CliRunner().invoke(app, ["tune", "--task", "inpainting", "--method", "dcdp-tweedie", "-p", str(path)])
-    assert out.exit_code == 1 and "restore.inpainting.dcdp.tweedie.<key>" in out.output
+    params = load_params(path)
+    searched = {m: method_space(params, TuneOptions(task="inpainting", method=m)) for m in METHODS}
+    common = ["restore.inpainting.noise_sigma", "restore.tile"]
+    assert sorted(searched["dcdp-ode"][0]) == sorted(keys[:4] + common)
+    # dcdp.t_start: params set tweedie.t_start; dcdp.lr: the trial sets tweedie.lr; ode_steps: ODE only
+    assert sorted(searched["dcdp-tweedie"][0]) == sorted(["restore.inpainting.dcdp.momentum", *keys[4:6], *common])
+    assert sorted(searched["dps"][0]) == sorted(["restore.inpainting.dps.zeta", *common])
+    for m, (kept, unread) in searched.items():
+        assert sorted([*kept, *unread]) == sorted(keys)
+    # a space with nothing the method reads is refused before any study exists
+    data["tune"]["inpainting"] = {"restore.inpainting.dcdp.ode_steps": {"type": "int", "low": 5, "high": 20}}
+    path.write_text(yaml.safe_dump(data))
+    out = CliRunner().invoke(app, ["tune", "--task", "inpainting", "--method", "dps", "-p", str(path)])
+    assert out.exit_code == 1 and "--method dps runs with; it does not read restore.inpainting.dcdp.ode_steps" in out.output
     assert not (tmp_path / "ws" / "optuna.db").exists()
+
+
+def test_a_dcdp_study_keeps_to_one_method(ws):
+    result = _tune(ws, task="superres", n_trials=1, device="cpu")
+    assert result.study.study_name == "superres-dcdp-ode" and result.study.user_attrs["method"] == "dcdp-ode"
+    assert (ws / "tune" / "superres-dcdp-ode" / "best-params.yaml").exists()
+    with pytest.raises(ConfigError, match="tunes --method dcdp-ode"):
+        _tune(ws, task="superres", study="superres-dcdp-ode", method="dcdp-tweedie", n_trials=1, device="cpu")
 
 
 def test_tune_without_its_inputs_says_which_stages_to_run(tmp_path):

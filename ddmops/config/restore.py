@@ -49,6 +49,9 @@ class TweedieSettings:
     t_end: int | None = None
 
 
+ODE_ONLY = ("ode_steps", "guidance")  # DCDP settings purify 'tweedie' does not read
+
+
 @dataclass(frozen=True)
 class DcdpConfig:
     iterations: int = 10  # K
@@ -86,6 +89,15 @@ class DcdpConfig:
         changed = {k: v for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
         return dataclasses.replace(self, **changed, tweedie=TweedieSettings())
 
+    def keys_read(self, mode: str) -> list[str]:
+        """The keys (dotted, under ``dcdp``) that purification mode 'ode' or 'tweedie' runs with."""
+        own = [f.name for f in dataclasses.fields(self) if f.name != "tweedie"]
+        if mode != "tweedie":
+            return own
+        overridden = {k for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
+        return ([k for k in own if k not in ODE_ONLY and k not in overridden]
+                + [f"tweedie.{f.name}" for f in dataclasses.fields(TweedieSettings)])
+
 
 @dataclass(frozen=True)
 class DpsConfig:
@@ -105,6 +117,14 @@ class TaskConfig:
 
     def __post_init__(self):
         check_ranges(self, nonnegative=("noise_sigma",))
+
+    def keys_read(self, method: str) -> list[str]:
+        """The keys (dotted, under the task) that restoration ``method`` (dcdp-ode, dcdp-tweedie or
+        dps) runs with."""
+        common = ["operator", "noise_sigma"]
+        if method == "dps":
+            return [*common, "dps"]
+        return [*common, *(f"dcdp.{k}" for k in self.dcdp.keys_read(method.removeprefix("dcdp-")))]
 
 
 TASKS: tuple[str, ...] = ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting", "superres",
