@@ -93,15 +93,12 @@ def method_space(params: Params, opts: TuneOptions) -> tuple[dict[str, ParamSpec
     space = getattr(params.tune, opts.task)
     if opts.family != "dcdp":
         return dict(space), []
-    prefix = f"restore.{opts.task}."
-    read = getattr(params.restore, opts.task).keys_read(opts.method)
-
-    own = f"{prefix}dcdp.tweedie."
+    prefix, tweedie = f"restore.{opts.task}.", f"restore.{opts.task}.dcdp.tweedie."
+    searched = frozenset(k.removeprefix(tweedie) for k in space if k.startswith(tweedie))  # set by every trial
+    read = getattr(params.restore, opts.task).keys_read(opts.method, searched)
 
     def reads(key: str) -> bool:
         rest = key.removeprefix(prefix)
-        if opts.method == "dcdp-tweedie" and own + rest.removeprefix("dcdp.") in space:
-            return False  # the trial's dcdp.tweedie.<key> overrides it
         return rest == key or any(rest == r or rest.startswith(r + ".") for r in read)
     return {k: v for k, v in space.items() if reads(k)}, [k for k in space if not reads(k)]
 

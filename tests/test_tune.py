@@ -217,7 +217,8 @@ def test_each_method_searches_the_keys_it_runs_with(tmp_path):
     data["tune"]["inpainting"] = {"restore.inpainting.dcdp.ode_steps": {"type": "int", "low": 5, "high": 20}}
     path.write_text(yaml.safe_dump(data))
     out = CliRunner().invoke(app, ["tune", "--task", "inpainting", "--method", "dps", "-p", str(path)])
-    assert out.exit_code == 1 and "--method dps runs with; it does not read restore.inpainting.dcdp.ode_steps" in out.output
+    assert out.exit_code == 1
+    assert "--method dps runs with; it does not read restore.inpainting.dcdp.ode_steps" in out.output
     assert not (tmp_path / "ws" / "optuna.db").exists()
 
 

@@ -89,12 +89,13 @@ class DcdpConfig:
         changed = {k: v for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
         return dataclasses.replace(self, **changed, tweedie=TweedieSettings())
 
-    def keys_read(self, mode: str) -> list[str]:
-        """The keys (dotted, under ``dcdp``) that purification mode 'ode' or 'tweedie' runs with."""
+    def keys_read(self, mode: str, tweedie_set: frozenset[str] = frozenset()) -> list[str]:
+        """The keys (dotted, under ``dcdp``) that purification mode 'ode' or 'tweedie' runs with,
+        ``tweedie_set`` naming ``tweedie.*`` keys that will be set (by a tuning trial)."""
         own = [f.name for f in dataclasses.fields(self) if f.name != "tweedie"]
         if mode != "tweedie":
             return own
-        overridden = {k for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
+        overridden = tweedie_set | {k for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
         return ([k for k in own if k not in ODE_ONLY and k not in overridden]
                 + [f"tweedie.{f.name}" for f in dataclasses.fields(TweedieSettings)])
 
@@ -118,13 +119,13 @@ class TaskConfig:
     def __post_init__(self):
         check_ranges(self, nonnegative=("noise_sigma",))
 
-    def keys_read(self, method: str) -> list[str]:
+    def keys_read(self, method: str, tweedie_set: frozenset[str] = frozenset()) -> list[str]:
         """The keys (dotted, under the task) that restoration ``method`` (dcdp-ode, dcdp-tweedie or
-        dps) runs with."""
+        dps) runs with; ``tweedie_set`` as for :meth:`DcdpConfig.keys_read`."""
         common = ["operator", "noise_sigma"]
         if method == "dps":
             return [*common, "dps"]
-        return [*common, *(f"dcdp.{k}" for k in self.dcdp.keys_read(method.removeprefix("dcdp-")))]
+        return [*common, *(f"dcdp.{k}" for k in self.dcdp.keys_read(method.removeprefix("dcdp-"), tweedie_set))]
 
 
 TASKS: tuple[str, ...] = ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting", "superres",
