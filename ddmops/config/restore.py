@@ -48,6 +48,10 @@ class TweedieSettings:
     t_start: int | None = None
     t_end: int | None = None
 
+    def given(self) -> dict[str, int | float]:
+        """The settings that differ from the ODE's."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
 
 ODE_ONLY = ("ode_steps", "guidance")  # DCDP settings purify 'tweedie' does not read
 
@@ -76,7 +80,7 @@ class DcdpConfig:
             raise ValueError(f"need 0 <= t_end <= t_start <= 1000, got {self.t_end}, {self.t_start}")
         if self.iterations > self.t_start:
             raise ValueError(f"iterations ({self.iterations}) cannot exceed t_start ({self.t_start})")
-        if self.tweedie != TweedieSettings():
+        if self.tweedie.given():
             try:
                 self.for_mode("tweedie")
             except ValueError as exc:
@@ -86,8 +90,7 @@ class DcdpConfig:
         """The settings purification mode 'ode' or 'tweedie' runs with."""
         if mode != "tweedie":
             return self
-        changed = {k: v for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
-        return dataclasses.replace(self, **changed, tweedie=TweedieSettings())
+        return dataclasses.replace(self, **self.tweedie.given(), tweedie=TweedieSettings())
 
     def keys_read(self, mode: str, tweedie_set: frozenset[str] = frozenset()) -> list[str]:
         """The keys (dotted, under ``dcdp``) that purification mode 'ode' or 'tweedie' runs with,
@@ -95,7 +98,7 @@ class DcdpConfig:
         own = [f.name for f in dataclasses.fields(self) if f.name != "tweedie"]
         if mode != "tweedie":
             return own
-        overridden = tweedie_set | {k for k, v in dataclasses.asdict(self.tweedie).items() if v is not None}
+        overridden = tweedie_set | self.tweedie.given().keys()
         return ([k for k in own if k not in ODE_ONLY and k not in overridden]
                 + [f"tweedie.{f.name}" for f in dataclasses.fields(TweedieSettings)])
 
