@@ -30,7 +30,7 @@ from ddmops.ddm4ip import learner  # noqa: E402
 from ddmops.ddm4ip.families import build_model  # noqa: E402
 from ddmops.device import pick_device  # noqa: E402
 from ddmops.flow import train  # noqa: E402
-from ddmops.tracking import NullTracker  # noqa: E402
+from ddmops.tracker import NullTracker  # noqa: E402
 
 
 class TimedWrites:

@@ -26,7 +26,7 @@ from ddmops.config import TASKS, load_params  # noqa: E402
 from ddmops.device import pick_device  # noqa: E402
 from ddmops.flow.prior import FlowPrior  # noqa: E402
 from ddmops.tasks import make_problem  # noqa: E402
-from ddmops.workspace import Workspace  # noqa: E402
+from ddmops.ops.workspace import Workspace  # noqa: E402
 from pipelines.context import StageContext  # noqa: E402
 from pipelines.restore import job, restore  # noqa: E402
 from pipelines.train_prior import PRIOR_FILE  # noqa: E402

@@ -31,10 +31,10 @@ from benchmarks.common import ROOT, SHARED_DATA, print_table  # noqa: E402
 from ddmops.config import KernelSpec, Paths, load_params  # noqa: E402
 from ddmops.data import save_image_set, source_images, to_tensor  # noqa: E402
 from ddmops.device import pick_device  # noqa: E402
-from ddmops.hashing import config_digest  # noqa: E402
+from ddmops.ops.hashing import config_digest  # noqa: E402
 from ddmops.io import save_npz, write_json  # noqa: E402
 from ddmops.strict import to_dict  # noqa: E402
-from ddmops.workspace import Workspace  # noqa: E402
+from ddmops.ops.workspace import Workspace  # noqa: E402
 from pipelines import degrade, evaluate, invert, learn_operator, train_prior  # noqa: E402
 from pipelines.context import StageContext  # noqa: E402
 from pipelines.prepare import FILES, _test_crops, _tiles  # noqa: E402

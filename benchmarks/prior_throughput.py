@@ -30,7 +30,7 @@ def measure(preset: str, patch: int, batch: int, steps: int, device_name: str) -
     from ddmops.flow.prior import FlowPrior
     from ddmops.flow.train import train_prior
     from ddmops.flow.unet import UNetArch, VelocityUNet, count_parameters
-    from ddmops.tracking import NullTracker
+    from ddmops.tracker import NullTracker
 
     device = torch.device(device_name)
     g = torch.Generator().manual_seed(0)

@@ -28,8 +28,8 @@ def demo_store(root: Path) -> tuple[str, str]:
     import mlflow
 
     from ddmops.operators.kernels import gaussian_kernel
-    from ddmops.registry import log_operator
-    from ddmops.tracking import use_tracking
+    from ddmops.ops.registry import log_operator
+    from ddmops.ops.tracking import use_tracking
     uri = f"sqlite:///{root / 'mlruns.db'}"
     use_tracking(uri)
     exp = mlflow.create_experiment("bench", artifact_location=(root / "mlruns").as_uri())
@@ -79,9 +79,9 @@ def main() -> None:
 
     import mlflow
 
-    from ddmops.model_server import running_server
-    from ddmops.registry import model_name, model_version
-    from ddmops.tracking import default_tracking_uri, use_tracking
+    from ddmops.ops.model_server import running_server
+    from ddmops.ops.registry import model_name, model_version
+    from ddmops.ops.tracking import default_tracking_uri, use_tracking
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.params:

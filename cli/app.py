@@ -32,11 +32,11 @@ def run(
                                             "checkpoint) or skip-batch")] = "stop",
 ) -> None:
     """Run one pipeline stage (what `dvc repro` calls)."""
-    from ddmops.tracking import quiet_environment
+    from ddmops.ops.environment import quiet_environment
     quiet_environment()
     from ddmops.config import load_params
     from ddmops.errors import DdmopsError
-    from ddmops.guard import NAN_POLICIES
+    from ddmops.loop.guard import NAN_POLICIES
     from pipelines.runner import run_stage
 
     try:
@@ -83,7 +83,8 @@ def ui(
     port: Annotated[int, typer.Option()] = 5000,
 ) -> None:
     """Open the MLflow UI on this workspace's tracking store (Ctrl-C stops it)."""
-    from ddmops.tracking import default_tracking_uri, quiet_environment
+    from ddmops.ops.environment import quiet_environment
+    from ddmops.ops.tracking import default_tracking_uri
     quiet_environment()
     root = params.resolve().parent
     uri = default_tracking_uri(root)

@@ -22,8 +22,8 @@ def add(
     from cli.common import fail
     from ddmops.config import load_params
     from ddmops.errors import DdmopsError
-    from ddmops.psf_assets import add_psf, dvc_track
-    from ddmops.workspace import Workspace
+    from ddmops.ops.psf_assets import add_psf, dvc_track
+    from ddmops.ops.workspace import Workspace
 
     try:
         cfg = load_params(params)

@@ -20,10 +20,10 @@ TaskOpt = Annotated[str, typer.Option("--task", "-t", help="deblur, psf_grid or 
 
 
 def _connect(params: Path):
-    """Load params and point MLflow at the workspace's store. -> (Params, ddmops.registry, tracking URI)"""
-    from ddmops import registry
+    """Load params and point MLflow at the workspace's store. -> (Params, ddmops.ops.registry, tracking URI)"""
+    from ddmops.ops import registry
     from ddmops.config import load_params
-    from ddmops.tracking import default_tracking_uri, use_tracking
+    from ddmops.ops.tracking import default_tracking_uri, use_tracking
     cfg = load_params(params)
     uri = default_tracking_uri(params.resolve().parent)
     use_tracking(uri)
@@ -112,7 +112,7 @@ def serve(
     """Serve a task's operator over HTTP with `mlflow models serve` (Ctrl-C stops it)."""
     import subprocess
 
-    from ddmops.model_server import serve_command, serve_env
+    from ddmops.ops.model_server import serve_command, serve_env
 
     def go():
         _, registry, tracking = _connect(params)

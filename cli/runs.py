@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _uri(params: Path) -> str:
-    from ddmops.tracking import default_tracking_uri
+    from ddmops.ops.tracking import default_tracking_uri
     return default_tracking_uri(params.resolve().parent)
 
 
@@ -37,7 +37,7 @@ def runs_command(
 ) -> None:
     """List the latest stage runs with their headline metrics."""
     from ddmops.errors import DdmopsError
-    from ddmops.runs import HEADLINE, recent
+    from ddmops.ops.runs import HEADLINE, recent
     try:
         found = recent(_uri(params), task, limit)
     except DdmopsError as exc:
@@ -60,7 +60,7 @@ def compare(
 ) -> None:
     """Metrics and differing params of several runs side by side; their pictures in one PNG."""
     from ddmops.errors import DdmopsError
-    from ddmops.runs import columns, picture, resolve
+    from ddmops.ops.runs import columns, picture, resolve
     if len(refs) < 2:
         fail("compare needs at least two runs or experiments")
     uri = _uri(params)

@@ -38,9 +38,9 @@ def server(
     """Start an MLflow tracking server for a team (Ctrl-C stops it)."""
     from cli.common import fail
     from ddmops.errors import DdmopsError
-    from ddmops.remote import check_bucket, is_s3, target_from_url
-    from ddmops.server import ServerSpec, artifact_location, redact, start
-    from ddmops.tracking import quiet_environment
+    from ddmops.ops.remote import check_bucket, is_s3, target_from_url
+    from ddmops.ops.server import ServerSpec, artifact_location, redact, start
+    from ddmops.ops.environment import quiet_environment
 
     quiet_environment()
     spec = ServerSpec(backend_store_uri=backend_store_uri or f"sqlite:///{Path('mlflow-server.db').resolve()}",
@@ -81,8 +81,8 @@ def remote_check(
     """Check that an S3 bucket is reachable and writable with this machine's credentials."""
     from cli.common import fail
     from ddmops.errors import DdmopsError
-    from ddmops.remote import check_bucket, target_from_dvc, target_from_url
-    from ddmops.tracking import quiet_environment
+    from ddmops.ops.remote import check_bucket, target_from_dvc, target_from_url
+    from ddmops.ops.environment import quiet_environment
 
     quiet_environment()
     try:

@@ -46,7 +46,7 @@ def tune(
     """Tune a task's hyperparameters (search space: params.yaml `tune.<task>`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ddmops.tracking import quiet_environment
+    from ddmops.ops.environment import quiet_environment
     quiet_environment()
     from ddmops.config import load_params
     from ddmops.errors import DdmopsError
@@ -69,7 +69,7 @@ def tune(
 
 
 def _summary(result, opts) -> None:
-    from ddmops.study import best_trials
+    from ddmops.ops.study import best_trials
     from optuna.trial import TrialState
 
     out = Console()

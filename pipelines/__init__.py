@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ddmops.config import DDM4IP_TASKS, DOMAINS, TASKS
-from ddmops.workspace import Workspace
+from ddmops.ops.workspace import Workspace
 from pipelines import degrade, evaluate, invert, learn_operator, prepare, restore, train_prior
 
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ddmops.distributed import Dist
-from ddmops.tracking import NullTracker, Tracker
-from ddmops.workspace import Workspace
+from ddmops.loop.distributed import Dist
+from ddmops.tracker import NullTracker, Tracker
+from ddmops.ops.workspace import Workspace
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     if truth is not None:
         metrics |= stack_errors(align(result.kernels), true_psfs)
     if ctx.register and ctx.tracker.run_id:  # a real MLflow run: a new registry version with alias `candidate`
-        from ddmops.registry import log_operator
+        from ddmops.ops.registry import log_operator
         version = log_operator(arrays, task=task, info={"noise_sigma": sigma}, metrics=metrics,
                                params=flatten(to_dict(cfg)), training_data=ctx.ws.key(folder))
         ctx.tracker.set_tags({"ddmops.model": f"models:/{version.name}/{version.version}"})

@@ -13,7 +13,7 @@ import torch
 
 from ddmops.inversion.dcdp import DcdpState
 from ddmops.io import load_checkpoint, save_checkpoint
-from ddmops.workspace import Workspace
+from ddmops.ops.workspace import Workspace
 
 
 class BatchProgress:

@@ -13,14 +13,14 @@ import torch
 import ddmops
 from ddmops.config import Params
 from ddmops.device import pick_device
-from ddmops.distributed import from_environment, shutdown
+from ddmops.loop.distributed import from_environment, shutdown
 from ddmops.errors import ConfigError
-from ddmops.hashing import config_digest, path_digest
+from ddmops.ops.hashing import config_digest, path_digest
 from ddmops.io import write_json
 from ddmops.plots import curves_chart
 from ddmops.strict import flatten, to_dict
-from ddmops.tracking import MlflowTracker
-from ddmops.workspace import Workspace
+from ddmops.ops.tracking import MlflowTracker
+from ddmops.ops.workspace import Workspace
 from pipelines import STAGES, Stage
 from pipelines.context import StageContext
 

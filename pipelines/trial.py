@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 import torch
 
-from ddmops import study as studies
+from ddmops.ops import study as studies
 from ddmops.config import ParamSpec, Params
 from ddmops.errors import TrainingError
 from ddmops.strict import from_dict, set_path, to_dict
-from ddmops.tracking import MlflowTracker
-from ddmops.workspace import Workspace
+from ddmops.ops.tracking import MlflowTracker
+from ddmops.ops.workspace import Workspace
 from pipelines import STAGES, restore
 from pipelines.context import StageContext
 from pipelines.runner import stage_config, stage_key
@@ -152,7 +152,7 @@ def objective_fn(params: Params, root: Path, opts: TuneOptions, parent: str, dev
     """Optuna's objective: one nested MLflow run per trial. A failure is recorded (state, error
     text) and left to Optuna, which marks the trial failed; an interrupt queues the trial again."""
     def objective(trial: optuna.Trial) -> float:
-        tags = {"ddmops.trial": str(trial.number), "ddmops.study": opts.study_name, "ddmops.task": opts.task,
+        tags = {"ddmops.trial": str(trial.number), "ddmops.ops.study": opts.study_name, "ddmops.task": opts.task,
                 "ddmops.objective": opts.objective}
         try:
             with MlflowTracker.child(parent, f"trial-{trial.number:04d}", tags,

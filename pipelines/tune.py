@@ -22,12 +22,12 @@ import optuna
 import torch
 import yaml
 
-from ddmops import study as studies
+from ddmops.ops import study as studies
 from ddmops.config import DDM4IP_TASKS, TUNED_TASKS, Params
 from ddmops.device import pick_device
 from ddmops.errors import ConfigError, DdmopsError
-from ddmops.tracking import MlflowTracker, annotate_run, default_tracking_uri, use_tracking
-from ddmops.workspace import Workspace
+from ddmops.ops.tracking import MlflowTracker, annotate_run, default_tracking_uri, use_tracking
+from ddmops.ops.workspace import Workspace
 from pipelines.trial import method_space, objective_fn
 
 METHODS = ("dcdp-ode", "dcdp-tweedie", "dps")
@@ -121,7 +121,7 @@ def work(params: Params, root: Path, opts: TuneOptions, parent: str, worker: int
 def _worker_main(params_path: str, overrides: list[str], root: str, opts: TuneOptions, parent: str,
                  worker: int) -> None:
     from ddmops.config import load_params
-    from ddmops.tracking import quiet_environment
+    from ddmops.ops.environment import quiet_environment
     quiet_environment()
     work(load_params(Path(params_path), overrides), Path(root), opts, parent, worker)
 
@@ -171,7 +171,7 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
     outer = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: its run is the parent
     if outer:
         use_tracking(default_tracking_uri(root))
-        annotate_run(outer, tags={"ddmops.study": f"{opts.study_name}-{study.user_attrs['uid']}", **tags})
+        annotate_run(outer, tags={"ddmops.ops.study": f"{opts.study_name}-{study.user_attrs['uid']}", **tags})
     parent = outer or MlflowTracker.study_parent(root=root, experiment=params.tracking.experiment,
                                                  study=f"{opts.study_name}-{study.user_attrs['uid']}", tags=tags)
     procs = [multiprocessing.get_context("spawn").Process(

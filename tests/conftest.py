@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from ddmops.strict import apply_overrides
-from ddmops.tracking import quiet_environment
+from ddmops.ops.environment import quiet_environment
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import torch
 
 from ddmops.config import PriorConfig, UNetConfig
 from ddmops.data import PatchSampler
-from ddmops.distributed import from_environment, shutdown
+from ddmops.loop.distributed import from_environment, shutdown
 from ddmops.flow.train import train_prior
-from ddmops.tracking import NullTracker
+from ddmops.tracker import NullTracker
 
 
 class Curve(NullTracker):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ddmops.distributed import Dist
+from ddmops.loop.distributed import Dist
 from tests.ddp_worker import train
 
 ROOT = Path(__file__).resolve().parents[1]

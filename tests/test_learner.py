@@ -12,7 +12,7 @@ from ddmops.ddm4ip.models import KernelModel
 from ddmops.flow.train import train_prior
 from ddmops.metrics import kernel_errors
 from ddmops.operators.kernels import gaussian_kernel
-from ddmops.tracking import NullTracker
+from ddmops.tracker import NullTracker
 
 
 def dead_leaves(n: int, size: int, g: torch.Generator) -> list[torch.Tensor]:

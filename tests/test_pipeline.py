@@ -114,8 +114,8 @@ def test_learned_operators_are_registered_then_promoted(repro):
     import yaml
 
     from ddmops.ddm4ip.families import load_arrays
-    from ddmops.registry import MODEL_NAMES, fetch_operator
-    from ddmops.tracking import use_tracking
+    from ddmops.ops.registry import MODEL_NAMES, fetch_operator
+    from ddmops.ops.tracking import use_tracking
     use_tracking(f"sqlite:///{repro / 'mlruns.db'}")
     lock = yaml.safe_load((repro / "dvc.lock").read_text())["stages"]
     for task in DDM4IP_TASKS:

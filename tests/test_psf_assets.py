@@ -5,7 +5,7 @@ import pytest
 
 from ddmops.errors import DataError
 from ddmops.operators.kernels import gaussian_kernel, lens_psf_grid
-from ddmops.psf_assets import add_psf
+from ddmops.ops.psf_assets import add_psf
 from tests.test_pipeline import sh
 
 

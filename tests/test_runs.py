@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 
 from ddmops.config import load_params
-from ddmops.hashing import path_digest
-from ddmops.runs import columns, resolve
-from ddmops.tracking import embedded_uri
+from ddmops.ops.hashing import path_digest
+from ddmops.ops.runs import columns, resolve
+from ddmops.ops.tracking import embedded_uri
 from pipelines.runner import run_stage
 from tests.test_pipeline import sh
 

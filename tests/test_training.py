@@ -8,7 +8,7 @@ import torch
 from ddmops.config import PriorConfig, UNetConfig
 from ddmops.data import PatchSampler
 from ddmops.flow.train import train_prior
-from ddmops.tracking import NullTracker
+from ddmops.tracker import NullTracker
 
 
 class Stop(Exception):

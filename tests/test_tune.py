@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from cli.app import app
-from ddmops import study as studies
+from ddmops.ops import study as studies
 from ddmops.config import load_params
 from ddmops.errors import ConfigError
-from ddmops.tracking import default_tracking_uri
+from ddmops.ops.tracking import default_tracking_uri
 from pipelines.runner import run_stage
 from pipelines.trial import method_space
 from pipelines.tune import METHODS, TuneOptions, tune
@@ -53,7 +53,7 @@ def _tune(root: Path, **kw):
 def _trial_runs(root: Path, study: str) -> list:
     mlflow.set_tracking_uri(default_tracking_uri(root))
     return mlflow.search_runs(search_all_experiments=True, output_format="list",
-                              filter_string=f"tags.`ddmops.study` = '{study}'")
+                              filter_string=f"tags.`ddmops.ops.study` = '{study}'")
 
 
 def test_study_with_pruned_and_failed_trials_completes(ws):

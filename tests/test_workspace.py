@@ -2,7 +2,7 @@ import pytest
 
 from ddmops.config import Paths
 from ddmops.errors import ConfigError
-from ddmops.workspace import Workspace
+from ddmops.ops.workspace import Workspace
 
 
 def test_relative_paths_stay_inside(tmp_path):

@@ -139,7 +139,7 @@ def resolve_operator(ref: str, root: Path) -> tuple[Arrays, dict[str, str]]:
     file or folder (relative to ``root``) that :func:`load_arrays` reads.
     """
     if ref.startswith(URI_SCHEMES):
-        from ddmops.registry import fetch_operator  # imports MLflow
+        from ddmops.ops.registry import fetch_operator  # imports MLflow
         return fetch_operator(ref)
     path = _resolve(ref, root)
     return load_arrays(path), {"ddmops.operator": str(path)}

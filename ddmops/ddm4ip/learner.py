@@ -20,14 +20,14 @@ import torch
 from ddmops.config import LearnOperatorConfig
 from ddmops.data import PatchSampler
 from ddmops.ddm4ip.objective import distribution_matching_loss, kernel_regularisers
-from ddmops.guard import NanGuard
+from ddmops.loop.guard import NanGuard
 from ddmops.flow.prior import FlowPrior
 from ddmops.flow.train import flow_matching_loss, heldout_loss
 from ddmops.io import load_checkpoint, save_checkpoint
 from ddmops.metrics import kernel_errors
-from ddmops.optim import lr_factor, set_lr
-from ddmops.progress import progress_bar
-from ddmops.tracking import Tracker
+from ddmops.loop.schedule import lr_factor, set_lr
+from ddmops.loop.progress import progress_bar
+from ddmops.tracker import Tracker
 
 
 @dataclass(frozen=True)

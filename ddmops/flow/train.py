@@ -13,16 +13,16 @@ import torch
 
 from ddmops.config import PriorConfig
 from ddmops.data import PatchSampler
-from ddmops.distributed import Dist
+from ddmops.loop.distributed import Dist
 from ddmops.flow import path as fpath
 from ddmops.flow.ema import Ema
 from ddmops.flow.prior import FlowPrior
 from ddmops.flow.unet import UNetArch, VelocityUNet, count_parameters
-from ddmops.guard import NanGuard
+from ddmops.loop.guard import NanGuard
 from ddmops.io import load_checkpoint, save_checkpoint
-from ddmops.optim import lr_factor, set_lr
-from ddmops.progress import progress_bar
-from ddmops.tracking import Tracker
+from ddmops.loop.schedule import lr_factor, set_lr
+from ddmops.loop.progress import progress_bar
+from ddmops.tracker import Tracker
 
 
 @dataclass(frozen=True)

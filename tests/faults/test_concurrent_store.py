@@ -7,12 +7,12 @@ import subprocess
 import sys
 import textwrap
 
-from ddmops.tracking import embedded_uri
+from ddmops.ops.tracking import embedded_uri
 
 WORKER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from ddmops.tracking import MlflowTracker
+    from ddmops.ops.tracking import MlflowTracker
     root, name, runs, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     for r in range(runs):
         with MlflowTracker.open(root=root, experiment="ddmops", stage=f"{name}-{r}", run_key=f"{name}-{r}",

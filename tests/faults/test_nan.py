@@ -11,7 +11,7 @@ from ddmops.data import PatchSampler
 from ddmops.errors import TrainingError
 from ddmops.flow.train import train_prior
 from ddmops.io import load_checkpoint
-from ddmops.tracking import NullTracker
+from ddmops.tracker import NullTracker
 from tests.test_pipeline import sh
 
 

@@ -25,7 +25,7 @@ def make_store(root: Path, monkeypatch) -> str:
     """Point MLflow (this process and servers it starts) at a new SQLite store under ``root``."""
     import mlflow
 
-    from ddmops.tracking import use_tracking
+    from ddmops.ops.tracking import use_tracking
     uri = f"sqlite:///{root / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     use_tracking(uri)
@@ -38,7 +38,7 @@ def log_version(arrays: dict, metrics: dict[str, float], task: str = "deblur", d
     """Log ``arrays`` in a run tagged like a learn-operator run; -> the new ModelVersion."""
     import mlflow
 
-    from ddmops.registry import log_operator
+    from ddmops.ops.registry import log_operator
     with mlflow.start_run(tags={f"ddmops.data.data/degraded/{task}": data_hash, "ddmops.data.data/prepared": "p"}):
         return log_operator(arrays, task=task, metrics=metrics, params={"kernel_size": 9},
                             training_data=f"data/degraded/{task}")

@@ -8,11 +8,11 @@ import torch
 
 from ddmops.ddm4ip.families import build_operator, load_arrays, resolve_operator
 from ddmops.errors import DataError
-from ddmops.hashing import path_digest
+from ddmops.ops.hashing import path_digest
 from ddmops.io import save_npz, write_json
 from ddmops.operators.blur import Blur
 from ddmops.operators.psf_grid import PsfGrid, position_map
-from ddmops.serving import ServedOperator
+from ddmops.ops.serving import ServedOperator
 from tests.registry.conftest import kernel, psf_grid
 
 

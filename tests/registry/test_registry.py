@@ -13,9 +13,9 @@ from ddmops.data import save_image_set
 from ddmops.errors import DdmopsError
 from ddmops.io import save_npz
 from ddmops.operators.psf_grid import PsfGrid
-from ddmops.serving import ServedOperator
-from ddmops.tracking import NullTracker
-from ddmops.workspace import Workspace
+from ddmops.ops.serving import ServedOperator
+from ddmops.tracker import NullTracker
+from ddmops.ops.workspace import Workspace
 from pipelines import restore
 from pipelines.context import StageContext
 from pipelines.invert import learned_operator
@@ -28,7 +28,7 @@ NAME = "ddmops-psf-deblur"
 def test_log_register_alias_load_returns_the_runs_arrays(store, tmp_path):
     import mlflow
 
-    from ddmops.registry import fetch_operator, log_operator, promote
+    from ddmops.ops.registry import fetch_operator, log_operator, promote
     arrays = {"kernel": kernel()}
     with mlflow.start_run(tags={"ddmops.data.data/degraded/deblur": "feed.dir"}) as run:
         save_npz(tmp_path / "operator" / "operator.npz", arrays)
@@ -61,7 +61,7 @@ def test_log_register_alias_load_returns_the_runs_arrays(store, tmp_path):
 def test_gate_refuses_worse_and_accepts_better(store):
     import mlflow
 
-    from ddmops.registry import promote
+    from ddmops.ops.registry import promote
     client = mlflow.MlflowClient()
 
     def champion() -> str:
@@ -97,7 +97,7 @@ def test_gate_refuses_worse_and_accepts_better(store):
 
 
 def test_invert_takes_a_model_uri_and_records_the_version(store, tmp_path):
-    from ddmops.registry import promote
+    from ddmops.ops.registry import promote
     mv = log_version({"kernel": kernel()}, {"kernel/ncc": 0.9})
     promote("deblur", GateConfig())
     ctx = StageContext(ws=Workspace(tmp_path, Paths()))
@@ -128,7 +128,7 @@ class TagTracker(NullTracker):
 
 
 def test_dcdp_takes_a_model_uri_and_records_the_version(store, tmp_path):
-    from ddmops.registry import promote
+    from ddmops.ops.registry import promote
     grid = psf_grid(2, 2)
     mv = log_version({"psf_grid": grid}, {"kernel/ncc": 0.5}, task="psf_grid")
     promote("psf_grid", GateConfig())

@@ -14,8 +14,8 @@ import requests
 from typer.testing import CliRunner
 
 from cli.app import app
-from ddmops.model_server import free_port, running, serve_env
-from ddmops.serving import ServedOperator
+from ddmops.ops.model_server import free_port, running, serve_env
+from ddmops.ops.serving import ServedOperator
 from tests.conftest import REPO
 from tests.registry.conftest import kernel, log_version, make_store
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddmops.serving import Limits, RequestError, ServedOperator, handle, redact
+from ddmops.ops.serving import Limits, RequestError, ServedOperator, handle, redact
 from tests.registry.conftest import kernel, psf_grid
 
 GRID = ServedOperator({"psf_grid": psf_grid(3, 4)}, limits=Limits(max_image_side=32, max_requests=4))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ddmops.remote import RemoteError, check_bucket, target_from_url
+from ddmops.ops.remote import RemoteError, check_bucket, target_from_url
 from tests.team.conftest import BIN, CREDENTIALS, aws_env, free_port, s3_client, set_env, start_moto, stop
 
 

@@ -25,9 +25,9 @@ from ddmops.config import load_params
 from ddmops.errors import DdmopsError
 from ddmops.data import load_image_set
 from ddmops.plots import mosaic
-from ddmops.server import (ServerError, ServerSpec, command, environment, health, preflight, redact,
+from ddmops.ops.server import (ServerError, ServerSpec, command, environment, health, preflight, redact,
                            require_server)
-from ddmops.tracking import QUIET_ENV
+from ddmops.ops.environment import QUIET_ENV
 from pipelines.runner import run_stage
 from tests.conftest import REPO, write_workspace
 from tests.team.conftest import BIN, CREDENTIALS, aws_env, free_port, new_bucket, s3_client

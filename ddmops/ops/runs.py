@@ -17,7 +17,7 @@ from PIL import Image
 
 from ddmops.errors import DdmopsError
 from ddmops.plots import picture_table
-from ddmops.tracking import TAG_PIPELINE, TAG_ROLE, TAG_STAGE, sqlite_file, use_tracking
+from ddmops.ops.tracking import TAG_PIPELINE, TAG_ROLE, TAG_STAGE, sqlite_file, use_tracking
 
 HEADLINE = ("psnr/restored", "psnr/dcdp-ode", "kernel/ncc", "loss/val", "loss/dm", "psnr/dps", "data/test_images")
 

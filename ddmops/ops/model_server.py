@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ddmops.errors import DdmopsError
-from ddmops.tracking import QUIET_ENV
+from ddmops.ops.environment import QUIET_ENV
 
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> list[str]:

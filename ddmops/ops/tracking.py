@@ -1,7 +1,7 @@
-"""Experiment tracking. The only library module that imports MLflow (lazily).
+"""Experiment tracking: MLflow runs of stages, studies and trials (MLflow imported lazily).
 
-Stages talk to a :class:`Tracker`; the CLI hands them an :class:`MlflowTracker`, tests
-and tuning may hand a :class:`NullTracker`. By default runs go to an embedded SQLite
+Stages talk to a :class:`ddmops.tracker.Tracker`; the CLI hands them an :class:`MlflowTracker`,
+tests and benchmarks a :class:`ddmops.tracker.NullTracker`. By default runs go to an embedded SQLite
 store ``<workspace>/mlruns.db`` with artifacts under ``<workspace>/mlruns``;
 ``MLFLOW_TRACKING_URI`` (a server, another database) overrides it.
 """
@@ -9,67 +9,16 @@ store ``<workspace>/mlruns.db`` with artifacts under ``<workspace>/mlruns``;
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Mapping
 
-import numpy as np
-
-# Nothing may wait on the network: telemetry and update checks off unless the user says otherwise.
-QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
-             "DVC_NO_UPDATE_CHECK": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
-             "MLFLOW_LOGGING_LEVEL": "WARNING"}
+from ddmops.ops.environment import quiet_environment
 
 TAG_STAGE, TAG_PIPELINE, TAG_RUN_KEY, TAG_ROLE = "ddmops.stage", "ddmops.pipeline", "ddmops.run_key", "ddmops.role"
 TAG_STUDY = "ddmops.study"
-
-
-def quiet_environment() -> None:
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    for name in ("mlflow", "alembic"):  # store creation and migrations talk at INFO
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-class Tracker(Protocol):
-    """What a stage may record. Steps count images seen unless a stage says otherwise; a
-    metric logged without a step lands on the latest step."""
-
-    run_id: str | None
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def log_image(self, image: np.ndarray, artifact_file: str) -> None: ...
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-
-
-class NullTracker:
-    """Records nothing; keeps the last metrics for callers that want them."""
-
-    run_id = None
-
-    def __init__(self):
-        self.metrics: dict[str, float] = {}
-
-    def log_params(self, params):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.update(metrics)
-
-    def log_image(self, image, artifact_file):
-        pass
-
-    def log_artifact(self, path, artifact_path=None):
-        pass
-
-    def set_tags(self, tags):
-        pass
-
 
 SQLITE_TIMEOUT_S = 60  # how long a writer waits for another process's transaction
 
@@ -138,7 +87,7 @@ class MlflowTracker:
         quiet_environment()
         uri = default_tracking_uri(root)
         if uri.startswith(("http://", "https://")):  # a team server: say so at once if it is down
-            from ddmops.server import require_server
+            from ddmops.ops.server import require_server
             require_server(uri)
         import mlflow
 

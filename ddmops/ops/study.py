@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ddmops.config import ParamSpec
 from ddmops.errors import ConfigError
-from ddmops.tracking import SQLITE_TIMEOUT_S, sqlite_setup
+from ddmops.ops.tracking import SQLITE_TIMEOUT_S, sqlite_setup
 
 OBJECTIVES = {"psnr": "maximize", "unsupervised": "minimize"}
 PRUNERS = ("median", "hyperband", "none")

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ddmops.errors import DdmopsError
-from ddmops.tracking import QUIET_ENV
+from ddmops.ops.environment import QUIET_ENV
 
 # MLflow's own defaults (loopback + private networks), which --allowed-hosts replaces
 PRIVATE_HOSTS = ("10.*", "192.168.*", *(f"172.{i}.*" for i in range(16, 32)))
