@@ -27,7 +27,7 @@ from ddmops import io  # noqa: E402
 from ddmops.config import DDM4IP_TASKS, DOMAINS, load_params  # noqa: E402
 from ddmops.data import PatchSampler  # noqa: E402
 from ddmops.ddm4ip import learner  # noqa: E402
-from ddmops.ddm4ip.families import build_model  # noqa: E402
+from ddmops.ddm4ip.models import build_model  # noqa: E402
 from ddmops.device import pick_device  # noqa: E402
 from ddmops.flow import train  # noqa: E402
 from ddmops.tracker import NullTracker  # noqa: E402
@@ -102,8 +102,8 @@ def main() -> None:
                                         log_every=10**9, plot_every=10**9)
             model = build_model(task, cfg, torch.Generator().manual_seed(0))
             patch = int(priors[task].meta["patch_size"])
-            imgs, geometry = images(8, 4 * model.input_size(patch), g)
-            sampler = PatchSampler(imgs, model.input_size(patch), flips=True, geometry=geometry)
+            imgs, geometry = images(8, 4 * model.crop_size(patch), g)
+            sampler = PatchSampler(imgs, model.crop_size(patch), flips=True, geometry=geometry)
 
             def run(path, short=short, model=model, sampler=sampler, task=task):
                 learner.learn_operator(short, model, sampler, priors[task], sigma=0.01, device=device,

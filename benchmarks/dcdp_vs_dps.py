@@ -29,7 +29,6 @@ from ddmops.tasks import make_problem  # noqa: E402
 from ddmops.ops.workspace import Workspace  # noqa: E402
 from pipelines.context import StageContext  # noqa: E402
 from pipelines.restore import job, restore  # noqa: E402
-from pipelines.train_prior import PRIOR_FILE  # noqa: E402
 
 GOAL_TASKS = ("gaussian_deblur", "motion_deblur", "superres", "inpainting")
 
@@ -53,7 +52,7 @@ def main() -> None:
     params = load_params(params_file, args.overrides)
     ws = Workspace(params_file.parent, params.paths)
     ctx = StageContext(ws=ws, device=pick_device(), progress=False)
-    prior = FlowPrior.load(Path(args.prior) if args.prior else ws.path("priors", "clean", PRIOR_FILE), ctx.device)
+    prior = FlowPrior.load(Path(args.prior) if args.prior else ws.prior("clean"), ctx.device)
     x, where = held_out(args.images, args.count, args.size, prior.arch.img_channels)
     rows, verdicts = [], []
     for task in args.tasks:

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, SHARED_DATA, print_table  # noqa: E402
 from ddmops.config import KernelSpec, Paths, load_params  # noqa: E402
-from ddmops.data import save_image_set, source_images, to_tensor  # noqa: E402
+from ddmops.data import held_out_crops, save_image_set, source_images, tiles, to_tensor  # noqa: E402
 from ddmops.device import pick_device  # noqa: E402
 from ddmops.ops.hashing import config_digest  # noqa: E402
 from ddmops.io import save_npz, write_json  # noqa: E402
@@ -37,7 +37,6 @@ from ddmops.strict import to_dict  # noqa: E402
 from ddmops.ops.workspace import Workspace  # noqa: E402
 from pipelines import degrade, evaluate, invert, learn_operator, train_prior  # noqa: E402
 from pipelines.context import StageContext  # noqa: E402
-from pipelines.prepare import FILES, _test_crops, _tiles  # noqa: E402
 
 
 def prepare_bsds(ws: Workspace, tile: int, max_side: int, test_photos: int, crops: int, size: int) -> None:
@@ -45,13 +44,13 @@ def prepare_bsds(ws: Workspace, tile: int, max_side: int, test_photos: int, crop
     def photos(split):
         return [to_tensor(a) for _, a in source_images(str(SHARED_DATA / "bsds500" / split), 3, max_side)]
     train, test = photos("train"), photos("test")
-    sets = {"clean": [t for x in train for t in _tiles(x, tile)],
-            "hidden": [t for x in test[test_photos:] for t in _tiles(x, tile)],
-            "test_clean": _test_crops(test[:test_photos], crops, size, torch.Generator().manual_seed(0))}
+    sets = {"clean": [t for x in train for t in tiles(x, tile)],
+            "to_degrade": [t for x in test[test_photos:] for t in tiles(x, tile)],
+            "test": held_out_crops(test[:test_photos], crops, size, torch.Generator().manual_seed(0))}
     for name, items in sets.items():
         geometry = torch.tensor([p[1] for p in items], dtype=torch.float64)
-        save_npz(ws.path("prepared") / FILES[name], save_image_set([p[0] for p in items], True, geometry))
-    write_json(ws.path("prepared") / FILES["meta"], {"channels": 3, "source": "bsds500", "split": "tiles"})
+        save_npz(ws.prepared(name), save_image_set([p[0] for p in items], True, geometry))
+    write_json(ws.prepared("meta"), {"channels": 3, "source": "bsds500", "split": "tiles"})
 
 
 COLUMNS = ["kernel NCC", "NCC of a delta", "kernel MAE", "PSNR learned", "PSNR true op", "PSNR input", "learn s",

@@ -28,6 +28,7 @@ def demo_store(root: Path) -> tuple[str, str]:
     import mlflow
 
     from ddmops.operators.kernels import gaussian_kernel
+    from ddmops.operators.psf_operator import PsfGridKernels
     from ddmops.ops.registry import log_operator
     from ddmops.ops.tracking import use_tracking
     uri = f"sqlite:///{root / 'mlruns.db'}"
@@ -36,7 +37,7 @@ def demo_store(root: Path) -> tuple[str, str]:
     grid = np.stack([np.stack([gaussian_kernel(27, (1 + 0.4 * abs(j - 3.5), 1 + 0.4 * abs(i - 3.5)), 10.0 * i).numpy()
                                for j in range(8)]) for i in range(8)])
     with mlflow.start_run(experiment_id=exp):
-        mv = log_operator({"psf_grid": grid}, task="psf_grid")
+        mv = log_operator(PsfGridKernels(grid), task="psf_grid")
     return uri, f"models:/{mv.name}/{mv.version}"
 
 

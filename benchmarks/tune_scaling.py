@@ -22,7 +22,8 @@ from benchmarks.common import print_table  # noqa: E402
 from ddmops.config import DDM4IP_TASKS, TASKS, load_params  # noqa: E402
 from ddmops.ops.environment import quiet_environment  # noqa: E402
 from pipelines.runner import run_stage  # noqa: E402
-from pipelines.tune import TuneOptions, normalise_task, tune  # noqa: E402
+from pipelines.tune import tune  # noqa: E402
+from pipelines.tune_options import TuneOptions, normalise_task  # noqa: E402
 from tests.conftest import write_workspace  # noqa: E402
 
 

@@ -23,7 +23,7 @@ def run(
     stage: Annotated[str, typer.Argument(help="stage name (see `ddmops stages`)")],
     item: Annotated[Optional[str], typer.Option(
         "--domain", "--task", "--item", "-d", "-t",
-        help="item of a per-item stage: train-prior --domain clean, invert-dcdp --task inpainting")] = None,
+        help="item of a per-item stage: train-prior --domain clean, restore-dcdp --task inpainting")] = None,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: GPU if present)")] = None,

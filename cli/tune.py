@@ -50,7 +50,7 @@ def tune(
     quiet_environment()
     from ddmops.config import load_params
     from ddmops.errors import DdmopsError
-    from pipelines.tune import TuneOptions, normalise_task
+    from pipelines.tune_options import TuneOptions, normalise_task
     from pipelines.tune import tune as run_tune
 
     try:

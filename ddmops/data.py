@@ -46,6 +46,11 @@ def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+def resolve_path(path: str | Path, root: Path) -> Path:
+    """``path`` as given if absolute, else relative to the workspace ``root``."""
+    return Path(path) if Path(path).is_absolute() else Path(root) / path
+
+
 def make_kernel(spec: KernelSpec, root: Path) -> torch.Tensor:
     """The (K, K) kernel a :class:`KernelSpec` describes."""
     if spec.kind == "gaussian":
@@ -53,8 +58,7 @@ def make_kernel(spec: KernelSpec, root: Path) -> torch.Tensor:
     if spec.kind == "motion":
         g = torch.Generator().manual_seed(spec.seed)
         return motion_kernel(spec.size, spec.intensity, g)
-    path = Path(spec.path) if Path(spec.path).is_absolute() else root / spec.path
-    return load_kernel(path, spec.index)
+    return load_kernel(resolve_path(spec.path, root), spec.index)
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -100,6 +104,27 @@ def load_geometry(path: Path) -> torch.Tensor | None:
         if key == "geometry":
             return torch.from_numpy(a)
     return None
+
+
+def tiles(x: torch.Tensor, size: int) -> list[tuple[torch.Tensor, tuple[float, float, float, float]]]:
+    """Non-overlapping (C, size, size) tiles of x with their place in it (the remainder at
+    the borders is dropped)."""
+    h, w = x.shape[-2:]
+    return [(x[:, r:r + size, c:c + size].clone(), (float(r), float(c), float(h), float(w)))
+            for r in range(0, h - size + 1, size) for c in range(0, w - size + 1, size)]
+
+
+def held_out_crops(images: list[torch.Tensor], n: int, size: int,
+                g: torch.Generator) -> list[tuple[torch.Tensor, tuple[float, float, float, float]]]:
+    """n crops of (C, size, size), spread over the test images in turn, with their places."""
+    crops = []
+    for i in range(n):
+        img = images[i % len(images)]
+        h, w = img.shape[-2:]
+        r = int(torch.randint(0, h - size + 1, (1,), generator=g))
+        c = int(torch.randint(0, w - size + 1, (1,), generator=g))
+        crops.append((img[:, r:r + size, c:c + size].clone(), (float(r), float(c), float(h), float(w))))
+    return crops
 
 
 class PatchSampler:

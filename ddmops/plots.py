@@ -121,10 +121,12 @@ def psf_mosaic(psfs: torch.Tensor, grid: tuple[int, int] | None = None, vmax: fl
     return out
 
 
-def psf_comparison(estimate: torch.Tensor, truth: torch.Tensor | None, grid: tuple[int, int] | None) -> np.ndarray:
-    """Estimate, truth and |error| PSF stacks (N, K, K) side by side, on one colour scale."""
+def psf_comparison(estimate: torch.Tensor, truth: torch.Tensor | None, grid: tuple[int, int] | None,
+                   label: str = "estimate") -> np.ndarray:
+    """Estimate, truth and |error| PSF stacks (N, K, K) side by side, on one colour scale
+    (without a truth: the estimate alone, titled ``label``)."""
     if truth is None:
-        return _label(psf_mosaic(estimate, grid), "estimate")
+        return _label(psf_mosaic(estimate, grid), label)
     k = max(estimate.shape[-1], truth.shape[-1])
     est, tru = (torch.nn.functional.pad(p, [(k - p.shape[-1]) // 2] * 4) for p in (estimate, truth))
     vmax = max(est.max().item(), tru.max().item(), 1e-12)
@@ -133,21 +135,21 @@ def psf_comparison(estimate: torch.Tensor, truth: torch.Tensor | None, grid: tup
 
 
 def curves_chart(rows: list[dict[str, float]], title: str = "") -> np.ndarray:
-    """One panel per metric family (the part before '/': loss, kernel, ...) of ``rows``
+    """One panel per metric group (the part before '/': loss, kernel, ...) of ``rows``
     ``{"step": s, name: value, ...}``, against the step (images seen)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = sorted({k for r in rows for k in r if k != "step"})
-    families = sorted({n.split("/")[0] for n in names})
-    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3), squeeze=False, dpi=80)
-    for ax, family in zip(axes[0], families):
-        for name in (n for n in names if n.split("/")[0] == family):
+    groups = sorted({n.split("/")[0] for n in names})
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3), squeeze=False, dpi=80)
+    for ax, group in zip(axes[0], groups):
+        for name in (n for n in names if n.split("/")[0] == group):
             pts = [(r["step"], r[name]) for r in rows if name in r]
             ax.plot(*zip(*pts), label=name, marker="." if len(pts) < 30 else None)
         ax.set_xlabel("step")
-        ax.set_title(family)
+        ax.set_title(group)
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()

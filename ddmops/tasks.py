@@ -9,12 +9,13 @@ import torch
 
 from ddmops.config import TaskConfig, TaskOperatorConfig
 from ddmops.data import make_kernel
-from ddmops.ddm4ip import families
+from ddmops.errors import ConfigError
 from ddmops.operators.base import Operator
 from ddmops.operators.blur import Blur
 from ddmops.operators.inpaint import Inpaint, box_mask, random_mask
 from ddmops.operators.nonlinear import CameraBlur
 from ddmops.operators.phase import PhaseRetrieval
+from ddmops.operators.psf_operator import PsfOperator
 from ddmops.operators.sr import Downsample, bicubic_kernel
 
 
@@ -26,11 +27,11 @@ class Problem:
     sigma: float
 
 
-def build_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, generator: torch.Generator,
-                   position: torch.Tensor | None = None, learned: families.Arrays | None = None) -> Operator:
-    """The operator for images of ``shape`` (B, C, H, W); masks are drawn per image. A learned
-    PSF grid needs the images' field positions (B, 2, H, W); kind 'learned' uses ``learned``
-    when given (already resolved), else ``cfg.source`` (a file, folder or MLflow model URI)."""
+def task_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, generator: torch.Generator,
+                  position: torch.Tensor | None = None, learned: PsfOperator | None = None) -> Operator:
+    """The operator for images of ``shape`` (B, C, H, W); masks are drawn per image. Kind
+    'learned' is ``learned`` (the operator ``cfg.source`` names, resolved by the stage); a learned
+    PSF grid needs the images' field positions (B, 2, H, W)."""
     b, _, h, w = shape
     if cfg.kind == "blur":
         return Blur(make_kernel(cfg.kernel, root), "reflect")
@@ -47,14 +48,16 @@ def build_operator(cfg: TaskOperatorConfig, shape: torch.Size, root: Path, gener
         return Inpaint(torch.stack(masks))
     if cfg.kind == "phase":
         return PhaseRetrieval(cfg.oversampling)
-    return families.build_operator(learned or families.resolve_operator(cfg.source, root)[0], position)
+    if learned is None:
+        raise ConfigError(f"operator kind 'learned' ({cfg.source}): resolve the operator first")
+    return learned.operator(position)
 
 
 def make_problem(cfg: TaskConfig, x: torch.Tensor, root: Path, seed: int,
-                 position: torch.Tensor | None = None, learned: families.Arrays | None = None) -> Problem:
+                 position: torch.Tensor | None = None, learned: PsfOperator | None = None) -> Problem:
     """Seeded: the same config, images and seed give the same operator and measurements."""
     g = torch.Generator().manual_seed(seed)
-    op = build_operator(cfg.operator, x.shape, root, g, position, learned)
+    op = task_operator(cfg.operator, x.shape, root, g, position, learned)
     with torch.no_grad():
         clean = op.A(x)
     y = clean + cfg.noise_sigma * torch.randn(clean.shape, generator=g)

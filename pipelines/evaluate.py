@@ -15,15 +15,12 @@ import torch.nn.functional as F
 
 from ddmops.config import EvaluateConfig
 from ddmops.data import load_geometry, load_image_set
-from ddmops.ddm4ip.families import load_arrays, psf_stack, psfs_like
 from ddmops.ddm4ip.learner import stack_errors
 from ddmops.io import save_png, write_json
 from ddmops.metrics import kernel_errors, luma, psnr, ssim
-from ddmops.plots import image_grid, psf_comparison
+from ddmops.operators.psf_operator import PsfOperator
+from ddmops.plots import image_grid
 from pipelines.context import StageContext
-from pipelines.degrade import FILES as DEGRADED
-from pipelines.learn_operator import OPERATOR_FILE
-from pipelines.prepare import FILES as PREPARED
 
 
 def on_grid(y: torch.Tensor, y_top: tuple[float, float], factor: int, top: tuple[float, float],
@@ -55,19 +52,18 @@ def _placed(images: torch.Tensor, geometry: torch.Tensor, truth_geometry: torch.
 
 
 def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
-    prepared, folder = ctx.ws.path("prepared"), ctx.ws.path("degraded", task)
-    restored_dir, out = ctx.ws.path("restored", task), ctx.ws.path("reports", task)
-    truth = torch.stack(load_image_set(prepared / PREPARED["test_clean"]))
-    t_geom = load_geometry(prepared / PREPARED["test_clean"])
+    out = ctx.ws.path("reports", task)
+    truth = torch.stack(load_image_set(ctx.ws.prepared("test")))
+    t_geom = load_geometry(ctx.ws.prepared("test"))
     size = tuple(truth.shape[-2:])
-    y = torch.stack(load_image_set(folder / DEGRADED["test_degraded"]))
-    y_geom = load_geometry(folder / DEGRADED["test_degraded"])
+    y = torch.stack(load_image_set(ctx.ws.observed(task, "test")))
+    y_geom = load_geometry(ctx.ws.observed(task, "test"))
     factor = round((t_geom[0, 2] / y_geom[0, 2]).item())
     candidates = {"input": on_grid(y, tuple(y_geom[0, :2].tolist()), factor, tuple(t_geom[0, :2].tolist()), size)}
     for name, label in (("learned", "restored"), ("oracle", "oracle")):
-        if (restored_dir / f"{name}.npz").exists():
-            candidates[label] = _placed(torch.stack(load_image_set(restored_dir / f"{name}.npz")),
-                                        load_geometry(restored_dir / f"{name}.npz"), t_geom, size)
+        if ctx.ws.restored(task, name).exists():
+            candidates[label] = _placed(torch.stack(load_image_set(ctx.ws.restored(task, name))),
+                                        load_geometry(ctx.ws.restored(task, name)), t_geom, size)
     valid = torch.stack([~c[0, 0].isnan() for c in candidates.values()]).all(0)
     rows, cols = valid.any(1).nonzero().flatten(), valid.any(0).nonzero().flatten()
     b = factor if factor > 1 else 0  # SR convention: crop a border of the scale factor
@@ -84,20 +80,17 @@ def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
         per_image += [{"image": i, "method": name, "psnr": pi, "ssim": si}
                       for i, (pi, si) in enumerate(zip(p.tolist(), s.tolist()))]
 
-    learned = load_arrays(ctx.ws.path("operator", task, OPERATOR_FILE))
-    truth_ops = load_arrays(folder / DEGRADED["truth"]) if (folder / DEGRADED["truth"]).exists() else None
-    grid = tuple(truth_ops["psf_grid"].shape[:2]) if truth_ops is not None and "psf_grid" in truth_ops else None
-    if truth_ops is not None:
-        est = psfs_like(learned, truth_ops)
-        true = psf_stack(truth_ops)
-        metrics |= stack_errors(est, true)
+    learned = PsfOperator.load(ctx.ws.operator(task))
+    truth_file = ctx.ws.observed(task, "truth")
+    true_op = PsfOperator.load(truth_file) if truth_file.exists() else None
+    if true_op is not None:
+        true = true_op.psfs()
+        metrics |= stack_errors(learned.psfs_at_nodes_of(true_op), true)
         k = true.shape[-1]
         metrics |= {"kernel/ncc_delta": sum(kernel_errors(torch.ones(1, 1), t).ncc for t in true) / len(true),
                     "kernel/ncc_uniform": sum(kernel_errors(torch.full((k, k), 1 / k ** 2), t).ncc
                                               for t in true) / len(true)}
-        kernels_png = psf_comparison(est, true, grid)
-    else:
-        kernels_png = psf_comparison(psf_stack(learned), None, None)
+    kernels_png = learned.picture(true_op)
 
     write_json(out / "per_image.json", per_image)
     shown = {n: x[..., window[0], window[1]] for n, x in candidates.items()} | {"truth": ref}

@@ -13,13 +13,11 @@ from __future__ import annotations
 import torch
 
 from ddmops.config import PrepareConfig
-from ddmops.data import save_image_set, source_images, to_tensor
+from ddmops.data import held_out_crops, save_image_set, source_images, tiles, to_tensor
 from ddmops.errors import DataError
 from ddmops.io import list_images, save_npz, write_json
 from ddmops.plots import mosaic
 from pipelines.context import StageContext
-
-FILES = {"clean": "clean.npz", "hidden": "to_degrade.npz", "test_clean": "test_clean.npz", "meta": "meta.json"}
 
 
 def _use_folder(cfg: PrepareConfig, ctx: StageContext) -> bool:
@@ -33,7 +31,6 @@ def _use_folder(cfg: PrepareConfig, ctx: StageContext) -> bool:
 
 
 def run(cfg: PrepareConfig, ctx: StageContext) -> dict[str, float]:
-    out = ctx.ws.path("prepared")
     folder = _use_folder(cfg, ctx)
     photos = source_images(ctx.ws.path("source") if folder else "", cfg.channels, cfg.max_side)
     if len(photos) < 2:
@@ -52,45 +49,24 @@ def run(cfg: PrepareConfig, ctx: StageContext) -> dict[str, float]:
     pieces: list[tuple[torch.Tensor, tuple[float, float, float, float]]] = []
     for i in train_idx:
         x = to_tensor(photos[i][1])
-        pieces += _tiles(x, cfg.tile_size) if cfg.split == "tiles" else [(x, (0.0, 0.0, *x.shape[-2:]))]
+        pieces += tiles(x, cfg.tile_size) if cfg.split == "tiles" else [(x, (0.0, 0.0, *x.shape[-2:]))]
     if len(pieces) < 2:
         raise DataError(f"the training images give {len(pieces)} piece(s); clean and degraded sets need "
                         "one each (use more images or a smaller prepare.tile_size)")
     perm = torch.randperm(len(pieces), generator=g).tolist()
     n_clean = min(len(pieces) - 1, max(1, round(cfg.clean_fraction * len(pieces))))
-    sets = {"clean": [pieces[i] for i in perm[:n_clean]], "hidden": [pieces[i] for i in perm[n_clean:]],
-            "test_clean": _test_crops([to_tensor(photos[i][1]) for i in test_idx], cfg.test_crops, cfg.test_size, g)}
+    sets = {"clean": [pieces[i] for i in perm[:n_clean]], "to_degrade": [pieces[i] for i in perm[n_clean:]],
+            "test": held_out_crops([to_tensor(photos[i][1]) for i in test_idx], cfg.test_crops, cfg.test_size, g)}
     for name, items in sets.items():
         images, geometry = [p[0] for p in items], torch.tensor([p[1] for p in items], dtype=torch.float64)
-        save_npz(out / FILES[name], save_image_set(images, quantise=True, geometry=geometry))
-    write_json(out / FILES["meta"], {
+        save_npz(ctx.ws.prepared(name), save_image_set(images, quantise=True, geometry=geometry))
+    write_json(ctx.ws.prepared("meta"), {
         "channels": cfg.channels, "source": str(ctx.ws.path("source")) if folder else "scikit-image",
         "split": cfg.split, "images": {"test": [photos[i][0] for i in test_idx],
                                        "train": [photos[i][0] for i in train_idx]},
     })
-    ctx.tracker.log_image(mosaic(torch.stack([p[0] for p in sets["test_clean"]])), "test_images.png")
-    return {"data/clean_images": len(sets["clean"]), "data/degraded_images": len(sets["hidden"]),
-            "data/test_images": len(sets["test_clean"]),
+    ctx.tracker.log_image(mosaic(torch.stack([p[0] for p in sets["test"]])), "test_images.png")
+    return {"data/clean_images": len(sets["clean"]), "data/degraded_images": len(sets["to_degrade"]),
+            "data/test_images": len(sets["test"]),
             "data/clean_pixels": sum(p[0][0].numel() for p in sets["clean"]),
-            "data/degraded_pixels": sum(p[0][0].numel() for p in sets["hidden"])}
-
-
-def _tiles(x: torch.Tensor, size: int) -> list[tuple[torch.Tensor, tuple[float, float, float, float]]]:
-    """Non-overlapping (C, size, size) tiles of x with their place in it (the remainder at
-    the borders is dropped)."""
-    h, w = x.shape[-2:]
-    return [(x[:, r:r + size, c:c + size].clone(), (float(r), float(c), float(h), float(w)))
-            for r in range(0, h - size + 1, size) for c in range(0, w - size + 1, size)]
-
-
-def _test_crops(images: list[torch.Tensor], n: int, size: int,
-                g: torch.Generator) -> list[tuple[torch.Tensor, tuple[float, float, float, float]]]:
-    """n crops of (C, size, size), spread over the test images in turn, with their places."""
-    crops = []
-    for i in range(n):
-        img = images[i % len(images)]
-        h, w = img.shape[-2:]
-        r = int(torch.randint(0, h - size + 1, (1,), generator=g))
-        c = int(torch.randint(0, w - size + 1, (1,), generator=g))
-        crops.append((img[:, r:r + size, c:c + size].clone(), (float(r), float(c), float(h), float(w))))
-    return crops
+            "data/degraded_pixels": sum(p[0][0].numel() for p in sets["to_degrade"])}

@@ -1,4 +1,4 @@
-"""Stages `invert-dcdp` and `invert-dps`: restore the held-out test images for one task.
+"""Stages `restore-dcdp` and `restore-dps`: restore the held-out test images for one task.
 
 Both build the same seeded problem (operator and measurements) from the task's config,
 so their results compare image for image. DCDP runs in both purification modes.
@@ -14,18 +14,18 @@ import torch
 
 from ddmops.config import RestoreConfig, TaskConfig
 from ddmops.data import load_geometry, load_image_set, save_image_set
-from ddmops.ddm4ip.families import positions, resolve_operator
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.dcdp import DcdpState, dcdp
 from ddmops.inversion.dps import dps
 from ddmops.io import save_npz
 from ddmops.metrics import psnr, residual_ratio, ssim
+from ddmops.operators.base import Operator
+from ddmops.operators.psf_operator import field_positions
 from ddmops.plots import image_grid
 from ddmops.tasks import Problem, make_problem
 from pipelines.context import StageContext
-from pipelines.resume import BatchProgress, progress_file
-from pipelines.prepare import FILES
-from pipelines.train_prior import PRIOR_FILE
+from pipelines.operators import resolve_operator
+from pipelines.resume import BatchProgress
 
 
 @dataclass(frozen=True)
@@ -46,33 +46,25 @@ def job(cfg: RestoreConfig, task: str) -> RestoreJob:
 def problem(cfg: RestoreJob, ctx: StageContext) -> Problem:
     """The seeded problem. A learned operator (a file or an MLflow model URI) is resolved once,
     and which it was (the version an alias named) goes into the run's tags."""
-    path = ctx.ws.path("prepared") / FILES["test_clean"]
+    path = ctx.ws.prepared("test")
     x = torch.stack(load_image_set(path)[:cfg.images])
     learned = None
     if cfg.task.operator.kind == "learned":
         learned, provenance = resolve_operator(cfg.task.operator.source, ctx.ws.root)
         ctx.tracker.set_tags(provenance)
-    return make_problem(cfg.task, x, ctx.ws.root, cfg.seed, positions(load_geometry(path)[:cfg.images], x.shape[-2:]),
-                        learned)
+    positions = field_positions(load_geometry(path)[:cfg.images], x.shape[-2:])
+    return make_problem(cfg.task, x, ctx.ws.root, cfg.seed, positions, learned)
 
 
-Method = Callable[..., torch.Tensor]  # (y, problem, batch slice, prior, generator, **resume) -> x
-
-
-def method_table(t: TaskConfig) -> dict[str, Method]:
-    def run_dcdp(mode: str) -> Method:
-        d = t.dcdp.for_mode(mode)
-        return lambda y, p, sl, prior, g, **resume: dcdp(
-            y, p.op.batch(sl), prior, iterations=d.iterations, inner_steps=d.inner_steps, lr=d.lr,
-            t_start=d.t_start, t_end=d.t_end, schedule=d.schedule, purify_mode=mode, ode_steps=d.ode_steps,
-            guidance=d.guidance, optimizer=d.optimizer, momentum=d.momentum, prox_weight=d.prox_weight, init=d.init,
-            x_shape=p.x[sl].shape, generator=g, **resume).x
-    return {
-        "dcdp-ode": run_dcdp("ode"),
-        "dcdp-tweedie": run_dcdp("tweedie"),
-        "dps": lambda y, p, sl, prior, g, **resume: dps(y, p.op.batch(sl), prior, steps=t.dps.steps, zeta=t.dps.zeta,
-                                               x_shape=p.x[sl].shape, generator=g),
-    }
+def run_method(method: str, t: TaskConfig, y: torch.Tensor, op: Operator, prior: FlowPrior, x_shape: torch.Size,
+               generator: torch.Generator, start: DcdpState | None = None,
+               on_iteration: Callable[[DcdpState], None] | None = None) -> torch.Tensor:
+    """Restore one batch with ``method`` (dcdp-ode, dcdp-tweedie or dps); DCDP resumes from
+    ``start`` and reports each outer iteration to ``on_iteration``."""
+    if method == "dps":
+        return dps(y, op, prior, t.dps, x_shape=x_shape, generator=generator)
+    return dcdp(y, op, prior, t.dcdp, mode=method.removeprefix("dcdp-"), x_shape=x_shape, generator=generator,
+                start=start, on_iteration=on_iteration).x
 
 
 def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowPrior,
@@ -81,10 +73,10 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
     "nfe", "seconds"}}. Per-image PSNR and residual are logged as each batch ends (step: image
     index), so a tuning trial can be pruned part way. Progress is checkpointed (see
     :class:`BatchProgress`): an interrupted run continues where it stood, to the same result."""
-    table, out = method_table(cfg.task), {}
+    out = {}
     for name in methods:
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed + 1)
-        saved = BatchProgress(progress_file(ctx.ws, name_of_run, name), ctx.run_key)
+        saved = BatchProgress(ctx.ws.checkpoint(f"{name_of_run}-{name}"), ctx.run_key)
         done = saved.resume({"parts": [], "psnr": [], "residual": [], "nfe": 0, "seconds": 0.0}, g)
         every = cfg.task.dcdp.checkpoint_every
         prior.nfe = done["nfe"]
@@ -98,8 +90,7 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
             def checkpoint(state: DcdpState) -> None:
                 if every and state.iteration % every == 0:
                     saved.save(done | {"nfe": prior.nfe, "seconds": time.perf_counter() - t0}, g, state)
-            resume = {"start": saved.partial(), "on_iteration": checkpoint} if name.startswith("dcdp") else {}
-            x = table[name](y, p, sl, prior, g, **resume)
+            x = run_method(name, cfg.task, y, p.op.batch(sl), prior, p.x[sl].shape, g, saved.partial(), checkpoint)
             with torch.no_grad():
                 residual = residual_ratio(y, p.op.batch(sl).A(x), p.sigma).cpu()
             x = x.cpu()
@@ -118,15 +109,14 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
 
 
 def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: str) -> dict[str, float]:
-    prior = FlowPrior.load(ctx.ws.path("priors", "clean", PRIOR_FILE), ctx.device)
+    prior = FlowPrior.load(ctx.ws.prior("clean"), ctx.device)
     prior.tile = cfg.tile
     p = problem(cfg, ctx)
     run_name = f"restore-{task}"
     results = restore(methods, cfg, ctx, prior, p, run_name)
-    out = ctx.ws.path("tasks", task)
     metrics: dict[str, float] = {}
     for name, r in results.items():
-        save_npz(out / f"{name}.npz", save_image_set(list(r["x"]), quantise=False))
+        save_npz(ctx.ws.task_output(task, name), save_image_set(list(r["x"]), quantise=False))
         metrics |= {f"psnr/{name}": r["psnr"].mean().item(), f"ssim/{name}": r["ssim"].mean().item(),
                     f"discrepancy/{name}": (r["residual"] - 1).abs().mean().item(),
                     f"nfe/{name}": r["nfe"], f"sec_per_image/{name}": r["seconds"]}
@@ -139,7 +129,7 @@ def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: st
         rows = [{"measurement": p.y[i].clamp(-1, 1)} | row for i, row in enumerate(rows)]
     ctx.tracker.log_image(image_grid(rows), f"{task}_grid.png")
     for name in methods:  # finished: nothing left to resume
-        progress_file(ctx.ws, run_name, name).unlink(missing_ok=True)
+        ctx.ws.checkpoint(f"{run_name}-{name}").unlink(missing_ok=True)
     return metrics
 
 

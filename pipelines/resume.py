@@ -12,26 +12,25 @@ from pathlib import Path
 import torch
 
 from ddmops.inversion.dcdp import DcdpState
-from ddmops.io import load_checkpoint, save_checkpoint
-from ddmops.ops.workspace import Workspace
+from ddmops.io import save_checkpoint
+from ddmops.loop.checkpoint import generator_state, load_matching, restore_generator
 
 
 class BatchProgress:
     def __init__(self, path: Path, run_key: str):
         self.path, self.run_key = path, run_key
-        state = load_checkpoint(path) if run_key and path.exists() else {}
-        self.state = state if state.get("run_key") == run_key else {}
+        self.state = load_matching(path, run_key)
 
     def resume(self, fresh: dict, generator: torch.Generator) -> dict:
         """The saved values of ``fresh``'s keys (else ``fresh``'s); the generator as it was."""
         if "gen" in self.state:
-            generator.set_state(self.state["gen"])
+            restore_generator(generator, self.state["gen"])
         return {k: self.state.get(k, v) for k, v in fresh.items()}
 
     def save(self, done: dict, generator: torch.Generator, partial: DcdpState | None = None) -> None:
         if not self.run_key:  # an untracked call (benchmarks): nothing to resume into
             return
-        self.state = {"run_key": self.run_key, **done, "gen": generator.get_state()}
+        self.state = {"run_key": self.run_key, **done, "gen": generator_state(generator)}
         if partial is not None:
             self.state["partial"] = {"iteration": partial.iteration, "x": partial.x.cpu(),
                                      "x_data": partial.x_data.cpu()}
@@ -41,9 +40,3 @@ class BatchProgress:
         """DCDP's saved state inside the current batch, if any."""
         s = self.state.get("partial")
         return DcdpState(s["iteration"], s["x"], s["x_data"]) if s else None
-
-
-
-def progress_file(ws: Workspace, run: str, part: str) -> Path:
-    """Where the progress of ``part`` (an operator, a method) of stage run ``run`` is kept."""
-    return ws.path("checkpoints", f"{run}-{part}.pt")

@@ -18,47 +18,37 @@ from ddmops.flow.train import train_prior
 from ddmops.io import read_json, save_png
 from ddmops.plots import mosaic
 from pipelines.context import StageContext
-from pipelines.degrade import FILES as DEGRADED
-from pipelines.prepare import FILES as PREPARED
-
-PRIOR_FILE = "prior.safetensors"
 
 
 def domain_files(ctx: StageContext, domain: str) -> tuple[Path, Path]:
     """(training set, held-out set) of a domain."""
     if domain == "clean":
-        folder = ctx.ws.path("prepared")
-        return folder / PREPARED["clean"], folder / PREPARED["test_clean"]
-    folder = ctx.ws.path("degraded", domain)
-    return folder / DEGRADED["degraded"], folder / DEGRADED["test_degraded"]
-
-
-def prior_path(ctx: StageContext, domain: str) -> Path:
-    return ctx.ws.path("priors", domain, PRIOR_FILE)
+        return ctx.ws.prepared("clean"), ctx.ws.prepared("test")
+    return ctx.ws.observed(domain, "train"), ctx.ws.observed(domain, "test")
 
 
 def run(cfg: PriorConfig, ctx: StageContext, domain: str) -> dict[str, float]:
     train_file, val_file = domain_files(ctx, domain)
-    meta = read_json(ctx.ws.path("prepared") / PREPARED["meta"])
-    sigma = 0.0 if domain == "clean" else read_json(ctx.ws.path("degraded", domain) / DEGRADED["meta"])["noise_sigma"]
+    meta = read_json(ctx.ws.prepared("meta"))
+    sigma = 0.0 if domain == "clean" else read_json(ctx.ws.observed(domain, "meta"))["noise_sigma"]
     sampler = PatchSampler(load_image_set(train_file), cfg.patch_size, flips=cfg.flips,
                            geometry=load_geometry(train_file))
     val, val_pos = _val_patches(val_file, cfg, domain)
-    out = prior_path(ctx, domain).parent
+    out = ctx.ws.prior(domain)
 
     def on_samples(x: torch.Tensor, images_seen: int) -> None:
         picture = mosaic(x)
-        save_png(out / "samples.png", picture)  # the last one stays as the stage's output
+        save_png(out.parent / "samples.png", picture)  # the last one stays as the stage's output
         ctx.tracker.log_image(picture, f"samples/{images_seen:09d}.png")
 
     prior, result = train_prior(
         cfg, sampler, val, img_channels=meta["channels"], device=ctx.device, tracker=ctx.tracker,
-        checkpoint=ctx.ws.path("checkpoints", f"train-prior-{domain}.pt"), run_key=ctx.run_key,
+        checkpoint=ctx.ws.checkpoint(f"train-prior-{domain}"), run_key=ctx.run_key,
         on_samples=on_samples, progress=ctx.progress, dist=ctx.dist, val_positions=val_pos, nan_policy=ctx.nan_policy,
         meta={"domain": domain, "patch_size": cfg.patch_size, "noise_sigma": sigma})
     if ctx.dist.is_main:
-        prior.save(out / PRIOR_FILE)
-        ctx.tracker.log_artifact(out / PRIOR_FILE, "model")
+        prior.save(out)
+        ctx.tracker.log_artifact(out, "model")
     return {"loss/train": result.train_loss, "loss/val": result.val_loss, "train/steps": result.steps,
             "train/images": result.images, "train/seconds": result.seconds,
             "speed/images_per_sec": result.images_per_sec, "model/parameters": result.parameters}

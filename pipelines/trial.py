@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -22,9 +22,7 @@ from ddmops.ops.workspace import Workspace
 from pipelines import STAGES, restore
 from pipelines.context import StageContext
 from pipelines.runner import stage_config, stage_key
-
-if TYPE_CHECKING:
-    from pipelines.tune import TuneOptions
+from pipelines.tune_options import TuneOptions
 
 
 class TrialTracker:
@@ -91,7 +89,7 @@ def method_space(params: Params, opts: TuneOptions) -> tuple[dict[str, ParamSpec
     """The task's search space split into the keys the tuned method runs with and those it does
     not (a DCDP task's space may hold keys of all three methods: each study searches its own)."""
     space = getattr(params.tune, opts.task)
-    if opts.family != "dcdp":
+    if opts.pipeline != "dcdp":
         return dict(space), []
     prefix, tweedie = f"restore.{opts.task}.", f"restore.{opts.task}.dcdp.tweedie."
     searched = frozenset(k.removeprefix(tweedie) for k in space if k.startswith(tweedie))  # set by every trial
@@ -105,7 +103,7 @@ def method_space(params: Params, opts: TuneOptions) -> tuple[dict[str, ParamSpec
 
 def _reporter(trial: optuna.Trial, opts: TuneOptions) -> tuple[str, Reporter]:
     """The stage whose curve the pruner watches, and the reporter."""
-    if opts.family == "dcdp":
+    if opts.pipeline == "dcdp":
         if opts.objective == "psnr":
             return "restore", Reporter(trial, f"psnr/{opts.method}/per_image", per_image=True)
         return "restore", Reporter(trial, f"residual/{opts.method}/per_image", per_image=True,
@@ -131,11 +129,11 @@ def run_trial(trial: optuna.Trial, params: Params, root: Path, opts: TuneOptions
         return StageContext(ws=ws, tracker=TrialTracker(tracker, name, report), device=device, run_key=run_key,
                             progress=False, register=False)
 
-    if opts.family == "ddm4ip":
+    if opts.pipeline == "ddm4ip":
         steps = [(n, STAGES[n], STAGES[n].run) for n in ("learn-operator", "invert", "evaluate")]
         keys = {"psnr": "evaluate/psnr/restored", "unsupervised": "learn-operator/score/observation_gap"}
-    else:  # one method of invert-dcdp / invert-dps
-        steps = [("restore", STAGES["invert-dcdp"], functools.partial(restore.run_methods, [opts.method]))]
+    else:  # one method of restore-dcdp / restore-dps
+        steps = [("restore", STAGES["restore-dcdp"], functools.partial(restore.run_methods, [opts.method]))]
         keys = {"psnr": f"restore/psnr/{opts.method}", "unsupervised": f"restore/discrepancy/{opts.method}"}
     for name, stage, run in steps:
         cfg = stage_config(stage, p, opts.task)

@@ -1,7 +1,7 @@
 """`ddmops tune`: Optuna studies whose trials run the pipeline's own stage functions in-process.
 
 A DDM4IP task's trial runs learn-operator -> invert -> evaluate; a DCDP task's trial runs
-one restoration method of invert-dcdp/invert-dps. Trials write under
+one restoration method of restore-dcdp/restore-dps. Trials write under
 ``<paths.tune>/<study>/trial-NNNN`` (the pipeline's outputs are never touched) and keep
 their checkpoints per parameter set, so a trial queued again after a kill resumes.
 """
@@ -23,59 +23,16 @@ import torch
 import yaml
 
 from ddmops.ops import study as studies
-from ddmops.config import DDM4IP_TASKS, TUNED_TASKS, Params
+from ddmops.config import Params
 from ddmops.device import pick_device
 from ddmops.errors import ConfigError, DdmopsError
 from ddmops.ops.tracking import MlflowTracker, annotate_run, default_tracking_uri, use_tracking
 from ddmops.ops.workspace import Workspace
 from pipelines.trial import method_space, objective_fn
+from pipelines.tune_options import TuneOptions, tuned_by
 
-METHODS = ("dcdp-ode", "dcdp-tweedie", "dps")
 # where each task's trial needs the pipeline to have run: dvc.yaml stages making them
 UPSTREAM = {"ddm4ip": ("train-prior-clean", "train-prior@{task}"), "dcdp": ("train-prior-clean",)}
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    task: str  # a params key: deblur, psf_grid, sr_kernel or a DCDP task
-    n_trials: int = 20  # the study's size: a rerun with more continues it
-    study: str = ""  # default: the task (DCDP tasks: task-method)
-    storage: str = ""  # SQLAlchemy URL; default: sqlite beside the MLflow store
-    objective: str = "psnr"  # psnr | unsupervised
-    pruner: str = "median"
-    startup_trials: int = 5  # trials the median pruner lets finish before comparing
-    method: str = "dcdp-ode"  # DCDP tasks: the method tuned
-    workers: int = 1
-    seed: int = 0  # sampler seed (worker i draws with seed + i)
-    heartbeat: int = 30  # seconds; a trial silent for twice this is taken as killed and queued again
-    device: str | None = None
-
-    def __post_init__(self):
-        if self.task not in TUNED_TASKS:
-            raise ConfigError(f"--task {self.task!r}: use one of {', '.join(t.replace('_', '-') for t in TUNED_TASKS)}")
-        if self.objective not in studies.OBJECTIVES:
-            raise ConfigError(f"--objective {self.objective!r}: use one of {', '.join(studies.OBJECTIVES)}")
-        if self.method not in METHODS:
-            raise ConfigError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.n_trials < 1 or self.workers < 1 or self.heartbeat < 1:
-            raise ConfigError("--n-trials, --workers and --heartbeat must be at least 1")
-
-    @property
-    def study_name(self) -> str:
-        return self.study or (self.task if self.family == "ddm4ip" else f"{self.task}-{self.method}")
-
-    @property
-    def family(self) -> str:
-        return "ddm4ip" if self.task in DDM4IP_TASKS else "dcdp"
-
-
-def _tuned(opts: TuneOptions) -> str:
-    return f"--method {opts.method}" if opts.family == "dcdp" else f"a {opts.task} trial"
-
-
-def normalise_task(task: str) -> str:
-    """CLI spelling (psf-grid) -> params key (psf_grid)."""
-    return task.replace("-", "_")
 
 
 def study_dir(params: Params, root: Path, opts: TuneOptions) -> Path:
@@ -85,8 +42,8 @@ def study_dir(params: Params, root: Path, opts: TuneOptions) -> Path:
 def missing_inputs(params: Params, root: Path, opts: TuneOptions) -> list[str]:
     """The dvc.yaml stages whose outputs a trial reads and that have not run."""
     ws = Workspace(root, params.paths)
-    need = {"train-prior-clean": ws.path("priors", "clean"), f"train-prior@{opts.task}": ws.path("priors", opts.task)}
-    targets = [s.format(task=opts.task) for s in UPSTREAM[opts.family]]
+    need = {"train-prior-clean": ws.prior("clean").parent, f"train-prior@{opts.task}": ws.prior(opts.task).parent}
+    targets = [s.format(task=opts.task) for s in UPSTREAM[opts.pipeline]]
     return [t for t in targets if not any(need[t].glob("*"))]
 
 
@@ -146,10 +103,10 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
     """Run (or continue) a study with ``opts.workers`` processes; record the results."""
     space, unread = method_space(params, opts)
     if not space:
-        raise ConfigError(f"params 'tune.{opts.task}' declares no key that {_tuned(opts)} runs with"
+        raise ConfigError(f"params 'tune.{opts.task}' declares no key that {tuned_by(opts)} runs with"
                           + (f"; it does not read {', '.join(unread)}" if unread else ""))
     if unread:  # another method's keys, ODE-only ones, or ones that dcdp.tweedie.* overrides
-        print(f"{_tuned(opts)} does not read {', '.join(unread)}: searching {', '.join(space)}", flush=True)
+        print(f"{tuned_by(opts)} does not read {', '.join(unread)}: searching {', '.join(space)}", flush=True)
     missing = missing_inputs(params, root, opts)
     if missing:
         run_upstream(root, missing, f"tuning {opts.task} needs the outputs of {', '.join(missing)}")
@@ -161,7 +118,7 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
     tags = {"ddmops.task": opts.task, "ddmops.objective": opts.objective, "ddmops.storage": _safe_url(storage),
             "ddmops.sampler": f"TPESampler(seed={study.user_attrs['seed']} + worker)",
             "ddmops.searched": ", ".join(space)}
-    if opts.family == "dcdp":  # one study, one method: their PSNRs are not one objective
+    if opts.pipeline == "dcdp":  # one study, one method: their PSNRs are not one objective
         if "method" not in study.user_attrs:
             study.set_user_attr("method", opts.method)
         if study.user_attrs["method"] != opts.method:

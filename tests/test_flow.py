@@ -9,7 +9,7 @@ from ddmops.flow.ema import Ema, power_exponent
 from ddmops.flow.prior import FlowPrior
 from ddmops.flow.solver import integrate, nfe
 from ddmops.flow.tiling import tiled
-from ddmops.flow.train import flow_matching_loss
+from ddmops.flow.loss import flow_matching_loss
 from ddmops.flow.unet import UNetArch, VelocityUNet
 
 

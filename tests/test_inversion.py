@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ddmops.config import DcdpConfig, DpsConfig, InvertConfig
 from ddmops.flow import path as fpath
 from ddmops.inversion.cg import solve_normal
 from ddmops.inversion.dcdp import dcdp, purification_schedule, purify
@@ -77,8 +78,9 @@ def test_diffpir_samples_the_gaussian_posterior(generator):
     op, x, y, post_mean, mmse = gaussian_problem(generator)
     assert abs(((post_mean - x) ** 2).mean().item() / mmse - 1) < 0.2  # the closed form is right
     prior, runs = GaussianPrior(0.1, 0.5), 8
-    samples = torch.stack([diffpir(y, op, prior, sigma_n=0.05, steps=50, lam=1.0, zeta=0.3, cg_iters=50,
-                                   generator=torch.Generator().manual_seed(10 + k)) for k in range(runs)])
+    cfg = InvertConfig(steps=50, lam=1.0, zeta=0.3, cg_iters=50)
+    samples = torch.stack([diffpir(y, op, prior, cfg, sigma_n=0.05, generator=torch.Generator().manual_seed(10 + k))
+                           for k in range(runs)])
     single = ((samples[0] - x) ** 2).mean().item() / mmse
     spread = ((samples.mean(0) - post_mean) ** 2).mean().item() / mmse
     assert 1.0 < single < 2.2
@@ -89,7 +91,7 @@ def test_diffpir_samples_the_gaussian_posterior(generator):
 def test_dps_samples_the_gaussian_posterior(generator):
     op, x, y, post_mean, mmse = gaussian_problem(generator, padding="reflect")
     prior, runs = GaussianPrior(0.1, 0.5), 4
-    samples = torch.stack([dps(y, op, prior, steps=100, zeta=1.0, x_shape=x.shape,
+    samples = torch.stack([dps(y, op, prior, DpsConfig(steps=100, zeta=1.0), x_shape=x.shape,
                                generator=torch.Generator().manual_seed(k)) for k in range(runs)])
     single = ((samples[0] - x) ** 2).mean().item() / mmse
     spread = ((samples.mean(0) - post_mean) ** 2).mean().item() / mmse
@@ -104,7 +106,7 @@ def test_dcdp_lands_near_the_posterior_mean(mode, nfe, max_err, max_dist, genera
     ODE purification deterministic samples, hence its wider tolerance."""
     op, x, y, post_mean, mmse = gaussian_problem(generator, padding="reflect")
     prior = GaussianPrior(0.1, 0.5)
-    out = dcdp(y, op, prior, iterations=10, inner_steps=20, lr=0.2, t_start=400, purify_mode=mode,
+    out = dcdp(y, op, prior, DcdpConfig(iterations=10, inner_steps=20, lr=0.2, t_start=400), mode=mode,
                generator=torch.Generator().manual_seed(1))
     assert ((out.x - x) ** 2).mean().item() / mmse < max_err
     assert ((out.x - post_mean) ** 2).mean().item() / mmse < max_dist
@@ -163,8 +165,8 @@ def test_dcdp_inpainting_keeps_known_pixels(generator):
     x = 0.3 * torch.randn(4, 1, 12, 12, generator=generator, dtype=torch.float64)
     sigma = 0.02
     y = op.A(x) + sigma * torch.randn(x.shape, generator=generator, dtype=torch.float64) * mask
-    out = dcdp(y, op, GaussianPrior(0.0, 0.3), iterations=10, inner_steps=50, lr=0.5, t_start=400,
-               purify_mode="tweedie", generator=torch.Generator().manual_seed(0))
+    out = dcdp(y, op, GaussianPrior(0.0, 0.3), DcdpConfig(iterations=10, inner_steps=50, lr=0.5, t_start=400),
+               mode="tweedie", generator=torch.Generator().manual_seed(0))
     known = mask.bool()
     assert (out.x - x.clamp(-1, 1))[known].abs().max() < 5 * sigma
     assert ((out.x_data - y)[known] ** 2).mean().sqrt() < sigma  # the data step fits the observed pixels

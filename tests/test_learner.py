@@ -48,7 +48,7 @@ def test_learner_recovers_an_anisotropic_gaussian_from_unpaired_sets(tmp_path):
                               checkpoint_every=10**9)
     model = KernelModel(7, "uniform", torch.Generator().manual_seed(0))
     start = kernel_errors(model.kernels()[0].detach(), true).ncc
-    result = learn_operator(cfg, model, PatchSampler(clean, model.input_size(12), flips=True), prior, sigma=0.02,
+    result = learn_operator(cfg, model, PatchSampler(clean, model.crop_size(12), flips=True), prior, sigma=0.02,
                             device=device, tracker=NullTracker(), checkpoint=tmp_path / "kernel.pt", run_key="",
                             progress=False)
     learned = result.kernels[0]

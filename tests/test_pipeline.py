@@ -49,8 +49,8 @@ def test_repro_writes_metrics(repro):
     assert (repro / "metrics" / "prepare.json").is_file()
     assert (repro / "dvc.lock").is_file()
     for task in TASKS:
-        dcdp = json.loads((repro / "metrics" / f"invert-dcdp-{task}.json").read_text())
-        dps = json.loads((repro / "metrics" / f"invert-dps-{task}.json").read_text())
+        dcdp = json.loads((repro / "metrics" / f"restore-dcdp-{task}.json").read_text())
+        dps = json.loads((repro / "metrics" / f"restore-dps-{task}.json").read_text())
         assert dcdp["nfe/dcdp-tweedie"] == 2 and dcdp["nfe/dcdp-ode"] >= 2 and dps["nfe/dps"] == 3
         assert all(v == v for v in (dcdp["psnr/dcdp-ode"], dps["psnr/dps"]))  # finite, not NaN
 
@@ -71,7 +71,7 @@ def test_mlflow_holds_runs_and_artifacts(repro):
     stages = {r.data.tags.get("ddmops.stage"): r for r in runs if r.data.tags.get("ddmops.role") != "pipeline"}
     expected = {"prepare", "train-prior-clean"} | {f"{s}-{t}" for s in ("degrade", "train-prior", "learn-operator",
                                                                       "invert", "evaluate") for t in DDM4IP_TASKS}
-    assert set(stages) == expected | {f"invert-{m}-{t}" for m in ("dcdp", "dps") for t in TASKS}
+    assert set(stages) == expected | {f"restore-{m}-{t}" for m in ("dcdp", "dps") for t in TASKS}
     parents = {r.data.tags["mlflow.parentRunId"] for r in stages.values()}
     assert len(parents) == 1  # one pipeline run groups them
     assert all(r.info.status == "FINISHED" for r in stages.values())
@@ -113,7 +113,7 @@ def test_learned_operators_are_registered_then_promoted(repro):
     import numpy as np
     import yaml
 
-    from ddmops.ddm4ip.families import load_arrays
+    from ddmops.operators.psf_operator import PsfOperator
     from ddmops.ops.registry import MODEL_NAMES, fetch_operator
     from ddmops.ops.tracking import use_tracking
     use_tracking(f"sqlite:///{repro / 'mlruns.db'}")
@@ -125,9 +125,9 @@ def test_learned_operators_are_registered_then_promoted(repro):
         assert "ddmops.metric.kernel/ncc" in mv.tags and "ddmops.metric.loss/dm" in mv.tags
     result = sh(["ddmops", "registry", "promote", "--task", "psf_grid"], repro)
     assert result.returncode == 0 and "promoted: first champion" in result.stdout, result.stderr
-    arrays, _ = fetch_operator("models:/ddmops-psf-grid@champion")
-    learned = load_arrays(repro / "models" / "operator" / "psf_grid")
-    np.testing.assert_array_equal(arrays["psf_grid"], learned["psf_grid"])
+    served, _ = fetch_operator("models:/ddmops-psf-grid@champion")
+    learned = PsfOperator.load(repro / "models" / "operator" / "psf_grid")
+    np.testing.assert_array_equal(served.psf_grid, learned.psf_grid)
 
 
 def test_cli_rejects_unknown_key(tiny_workspace):

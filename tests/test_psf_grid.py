@@ -3,7 +3,7 @@ import torch
 
 from ddmops.ddm4ip.models import KernelModel, PsfGridModel, SrKernelModel
 from ddmops.operators.blur import convolve
-from ddmops.operators.kernels import gaussian_kernel, lens_psf_grid, sr_kernel
+from ddmops.operators.kernels import gaussian_kernel, lens_psf_grid, random_sr_kernel
 from ddmops.operators.psf_grid import PsfGrid, bilinear_weights, position_map, psf_at
 from ddmops.operators.sr import Downsample
 
@@ -64,9 +64,9 @@ def test_lens_field_grows_to_corners(generator):
 
 
 def test_sr_kernel_recipe(generator):
-    k = sr_kernel(4, generator)
+    k = random_sr_kernel(4, generator)
     assert k.shape == (25, 25) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
-    assert not torch.equal(k, sr_kernel(4, generator))  # random
+    assert not torch.equal(k, random_sr_kernel(4, generator))  # random
 
 
 def test_sr_model_delta_readout_equals_network(generator):
@@ -77,7 +77,7 @@ def test_sr_model_delta_readout_equals_network(generator):
     k = model.effective_kernel()
     assert k.shape == (7, 7)
     torch.testing.assert_close(model(x), Downsample(k, 2, "valid").A(x))
-    assert model(x).shape[-2:] == (8, 7) and model.input_size(8) == 21
+    assert model(x).shape[-2:] == (8, 7) and model.crop_size(8) == 21
 
 
 def test_models_input_sizes_match_prior_patch(generator):
@@ -85,8 +85,8 @@ def test_models_input_sizes_match_prior_patch(generator):
     x = torch.randn(3, 3, 20, 20, generator=generator)
     blur = KernelModel(5, "gaussian", generator)
     grid = PsfGridModel((4, 4), 5, "gaussian", generator)
-    assert blur(x).shape[-1] == 16 and blur.input_size(16) == 20
-    assert grid(x, pos).shape[-1] == 16 and grid.input_size(16) == 20
+    assert blur(x).shape[-1] == 16 and blur.crop_size(16) == 20
+    assert grid(x, pos).shape[-1] == 16 and grid.crop_size(16) == 20
     assert torch.allclose(grid.kernels().sum((-1, -2)), torch.ones(16))
     with pytest.raises(ValueError, match="positions"):
         grid(x)
@@ -96,13 +96,14 @@ def test_restoration_task_accepts_a_learned_grid(tmp_path, generator):
     import numpy as np
 
     from ddmops.config import TaskConfig, TaskOperatorConfig
-    from ddmops.ddm4ip.families import positions
+    from ddmops.operators.psf_operator import field_positions
     from ddmops.tasks import make_problem
+    from pipelines.operators import resolve_operator
     grid = random_grid(generator).float().numpy()
     np.savez(tmp_path / "operator.npz", psf_grid=grid)
     cfg = TaskConfig(operator=TaskOperatorConfig(kind="learned", source=str(tmp_path / "operator.npz")))
     x = torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1
-    pos = positions(torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 2), (16, 16))
-    p = make_problem(cfg, x, tmp_path, 0, pos)
+    pos = field_positions(torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 2), (16, 16))
+    p = make_problem(cfg, x, tmp_path, 0, pos, resolve_operator(cfg.operator.source, tmp_path)[0])
     assert p.y.shape == (2, 3, 12, 12)
     torch.testing.assert_close(p.op.A(x), PsfGrid(torch.as_tensor(grid), pos).A(x))

@@ -64,7 +64,7 @@ def test_operator_learning_resumes_exactly(tmp_path, generator):
     prior, _ = run(cfg, sampler, val, tmp_path / "prior.pt")
     op_cfg = LearnOperatorConfig(kernel_size=3, batch_size=4, images=48, log_every=16, plot_every=16,
                                  checkpoint_every=16)
-    clean = PatchSampler(sampler.images, KernelModel(3, "gaussian", generator).input_size(8), flips=True)
+    clean = PatchSampler(sampler.images, KernelModel(3, "gaussian", generator).crop_size(8), flips=True)
 
     def learn(ckpt, on_kernels=None):
         model = KernelModel(3, "gaussian", torch.Generator().manual_seed(0))

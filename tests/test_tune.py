@@ -23,7 +23,8 @@ from ddmops.errors import ConfigError
 from ddmops.ops.tracking import default_tracking_uri
 from pipelines.runner import run_stage
 from pipelines.trial import method_space
-from pipelines.tune import METHODS, TuneOptions, tune
+from pipelines.tune import tune
+from pipelines.tune_options import METHODS, TuneOptions
 from tests.conftest import write_workspace
 
 # superres trials: two images (two pruning steps), short inner loops
@@ -102,10 +103,10 @@ def test_best_params_round_trip_into_a_run(ws):
     args = out.output.split()
     assert args[::2] == ["-S"] * len(values)
     assert load_params(ws / "params.yaml", args[1::2]) == params  # what `dvc exp run $(...)` would set
-    metrics = run_stage("invert-dcdp", params, ws, item="superres", progress=False)
+    metrics = run_stage("restore-dcdp", params, ws, item="superres", progress=False)
     assert metrics["psnr/dcdp-ode"] > 0
     run = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                         filter_string="tags.`ddmops.stage` = 'invert-dcdp-superres'")][0]
+                                         filter_string="tags.`ddmops.stage` = 'restore-dcdp-superres'")][0]
     assert float(run.data.params["restore.superres.dcdp.lr"]) == pytest.approx(values["restore.superres.dcdp.lr"])
     assert "restore.images" in run.data.params and not any(k.startswith("restore.inpainting.") for k in run.data.params)
 

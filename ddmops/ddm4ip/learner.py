@@ -19,14 +19,16 @@ import torch
 
 from ddmops.config import LearnOperatorConfig
 from ddmops.data import PatchSampler
+from ddmops.ddm4ip.models import LearnableOperator
 from ddmops.ddm4ip.objective import distribution_matching_loss, kernel_regularisers
-from ddmops.loop.guard import NanGuard
+from ddmops.flow.loss import flow_matching_loss, heldout_loss
 from ddmops.flow.prior import FlowPrior
-from ddmops.flow.train import flow_matching_loss, heldout_loss
-from ddmops.io import load_checkpoint, save_checkpoint
-from ddmops.metrics import kernel_errors
-from ddmops.loop.schedule import lr_factor, set_lr
+from ddmops.loop import schedule
+from ddmops.loop.checkpoint import Resumable
+from ddmops.loop.guard import NanGuard
 from ddmops.loop.progress import progress_bar
+from ddmops.loop.schedule import lr_factor, set_lr
+from ddmops.metrics import kernel_errors
 from ddmops.tracker import Tracker
 
 
@@ -45,14 +47,14 @@ def stack_errors(est: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
     return {"kernel/ncc": sum(e.ncc for e in errs) / len(errs), "kernel/mae": sum(e.mae for e in errs) / len(errs)}
 
 
-def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: PatchSampler,
+def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: PatchSampler,
                    degraded_prior: FlowPrior, *, sigma: float, device: torch.device, tracker: Tracker,
                    checkpoint: Path, run_key: str, truth: torch.Tensor | None = None,
                    align: Callable[[torch.Tensor], torch.Tensor] = lambda k: k,
                    on_kernels: Callable[[torch.Tensor, int], None] | None = None,
                    heldout: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                    progress: bool = True, nan_policy: str = "stop") -> OperatorLearnResult:
-    """Learn ``model``'s parameters. ``clean`` samples crops of model.input_size(P) for the
+    """Learn ``model``'s parameters. ``clean`` samples crops of model.crop_size(P) for the
     prior's patch size P; ``truth`` (N, K, K), when known, only feeds the logged error curves,
     against ``align`` of the model's PSFs (the estimate at the truth's PSF positions).
 
@@ -64,31 +66,15 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     model = model.to(device)
     v_pre = degraded_prior.to(device)
-    with_pos = v_pre.arch.position_channels or model.family == "psf_grid"
+    with_pos = v_pre.arch.position_channels or model.needs_position
     aux = copy.deepcopy(v_pre.net).train().requires_grad_(True)
     opt_k = torch.optim.Adam(model.parameters(), lr=cfg.lr_kernel, betas=cfg.betas)
     opt_aux = torch.optim.Adam(aux.parameters(), lr=cfg.lr_aux, betas=cfg.betas)
     ema = model.kernels().detach().clone()
     total_steps = max(1, cfg.images // cfg.batch_size)
-    step = 0
-
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location=device)
-        if state.get("run_key") == run_key:
-            model.load_state_dict(state["model"])
-            aux.load_state_dict(state["aux"])
-            opt_k.load_state_dict(state["opt_kernel"])
-            opt_aux.load_state_dict(state["opt_aux"])
-            ema = state["ema_kernels"].to(device)
-            data_gen.set_state(state["data_gen"])
-            noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
-            step = int(state["step"])
-
-    def save() -> None:
-        save_checkpoint(checkpoint, {"run_key": run_key, "step": step, "model": model.state_dict(),
-                                     "aux": aux.state_dict(), "opt_kernel": opt_k.state_dict(),
-                                     "opt_aux": opt_aux.state_dict(), "ema_kernels": ema,
-                                     "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state().cpu()})
+    saved = Resumable(checkpoint, run_key, model=model, aux=aux, opt_kernel=opt_k, opt_aux=opt_aux,
+                      ema_kernels=ema, data_gen=data_gen, noise_gen=noise_gen)
+    step = saved.resume(device)
 
     def simulate(n: int = cfg.batch_size, crops: torch.Generator = data_gen,
                  noise: torch.Generator = noise_gen) -> tuple[torch.Tensor, dict]:
@@ -115,7 +101,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
         return abs(heldout_loss(v_pre.net, y.cpu(), pos) - real_loss) / real_loss
 
     def crossed(every: int) -> bool:
-        return (step * cfg.batch_size) // every != ((step - 1) * cfg.batch_size) // every
+        return schedule.crossed(step, cfg.batch_size, every)
 
     guard = NanGuard(nan_policy, checkpoint)
     t0, logged = time.perf_counter(), {}
@@ -164,7 +150,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: torch.nn.Module, clean: Patc
             if on_kernels is not None and (crossed(cfg.plot_every) or step == total_steps):
                 on_kernels(ema.detach().cpu(), images)
             if crossed(cfg.checkpoint_every) or step == total_steps:
-                save()
+                saved.save(step)
     return OperatorLearnResult(kernels=ema.detach().cpu(), steps=step, images=step * cfg.batch_size,
                                seconds=time.perf_counter() - t0,
                                losses={k: v for k, v in logged.items() if not math.isnan(v)})

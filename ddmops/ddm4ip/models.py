@@ -2,19 +2,22 @@
 
 Each maps clean crops x (B, C, S, S) (and their field positions (B, 2, S, S) where the
 family needs them) to noise-free observations of the degraded prior's patch size P,
-with S = ``input_size(P)``; ``kernels()`` gives the PSFs the regularisers act on and
-``export()`` plain arrays for saving.
+with S = ``crop_size(P)``; ``kernels()`` gives the PSFs the regularisers act on and
+``operator_of(psfs)`` the typed operator of a PSF stack (the learner's moving average).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+from ddmops.config import LearnOperatorConfig
 from ddmops.operators.blur import convolve
 from ddmops.operators.kernels import gaussian_kernel
 from ddmops.operators.psf_grid import psf_at
+from ddmops.operators.psf_operator import BlurKernel, PsfGridKernels, PsfOperator, SrKernel
 
 
 def _init_kernel(size: int, init: str, generator: torch.Generator) -> torch.Tensor:
@@ -33,7 +36,8 @@ class KernelModel(torch.nn.Module):
     """Uniform blur. 'abs' (DDM4IP): k = |raw| / sum|raw|; 'softmax': k = softmax(raw), so a
     step changes entries by relative amounts and small tails shrink geometrically."""
 
-    family = "blur"
+    family = BlurKernel.family
+    needs_position = False
 
     def __init__(self, size: int, init: str, generator: torch.Generator, param: str = "abs"):
         super().__init__()
@@ -56,22 +60,23 @@ class KernelModel(torch.nn.Module):
     def forward(self, x: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
         return convolve(x, self.kernels()[0], "valid")
 
-    def input_size(self, patch: int) -> int:
+    def crop_size(self, patch: int) -> int:
         return patch + self.size - 1
 
-    def export(self) -> dict[str, np.ndarray]:
-        return {"kernel": self.kernels()[0].detach().cpu().numpy()}
+    def operator_of(self, psfs: torch.Tensor) -> PsfOperator:
+        return BlurKernel.from_psfs(psfs)
 
 
 class PsfGridModel(torch.nn.Module):
     """A (Gy, Gx, K, K) grid of PSFs; a crop is blurred with the PSF interpolated at its
     centre (|.|, normalised), as DDM4IP's per-patch model."""
 
-    family = "psf_grid"
+    family = PsfGridKernels.family
+    needs_position = True
 
     def __init__(self, grid: tuple[int, int], size: int, init: str, generator: torch.Generator):
         super().__init__()
-        self.size = size
+        self.size, self.grid_shape = size, tuple(grid)
         k = _init_kernel(size, init, generator)
         self.raw = torch.nn.Parameter(k.expand(*grid, size, size).clone())
 
@@ -83,20 +88,17 @@ class PsfGridModel(torch.nn.Module):
         k = self.unnormalised()
         return k / k.sum((-1, -2), keepdim=True).clamp_min(1e-12)
 
-    def grid(self) -> torch.Tensor:
-        return self.kernels().reshape(self.raw.shape)
-
     def forward(self, x: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
         if position is None:
             raise ValueError("the psf_grid model needs the crops' field positions (B, 2, H, W)")
         centre = position.flatten(2).mean(-1)
         return convolve(x, psf_at(self.raw, centre, normalise=True), "valid")
 
-    def input_size(self, patch: int) -> int:
+    def crop_size(self, patch: int) -> int:
         return patch + self.size - 1
 
-    def export(self) -> dict[str, np.ndarray]:
-        return {"psf_grid": self.grid().detach().cpu().numpy()}
+    def operator_of(self, psfs: torch.Tensor) -> PsfOperator:
+        return PsfGridKernels.from_psfs(psfs, grid=self.grid_shape)
 
 
 class SrKernelModel(torch.nn.Module):
@@ -104,7 +106,8 @@ class SrKernelModel(torch.nn.Module):
     the last with stride ``factor``. Its effective kernel (the response to a delta, of
     side sum(k_i - 1) + 1) defines the downsampling y = (k * x) subsampled by s."""
 
-    family = "sr_kernel"
+    family = SrKernel.family
+    needs_position = False
 
     def __init__(self, factor: int, generator: torch.Generator, struct: tuple[int, ...] = (7, 5, 3, 1, 1, 1),
                  channels: int = 64, init: str = "gaussian"):
@@ -143,8 +146,24 @@ class SrKernelModel(torch.nn.Module):
         out = self._run(x.reshape(b * c, 1, *x.shape[-2:]), self.factor)
         return out.reshape(b, c, *out.shape[-2:])
 
-    def input_size(self, patch: int) -> int:
+    def crop_size(self, patch: int) -> int:
         return (patch - 1) * self.factor + self.size
 
-    def export(self) -> dict[str, np.ndarray]:
-        return {"kernel": self.effective_kernel().detach().cpu().numpy(), "factor": np.array(self.factor)}
+    def operator_of(self, psfs: torch.Tensor) -> PsfOperator:
+        """The SR kernel's sum is only pulled towards 1 while learning (KernelGAN); here it is
+        clipped at 0 and scaled to sum 1."""
+        return SrKernel.from_psfs(psfs, factor=self.factor)
+
+
+LearnableOperator = KernelModel | PsfGridModel | SrKernelModel
+
+MODELS: dict[str, Callable[[LearnOperatorConfig, torch.Generator], LearnableOperator]] = {
+    "deblur": lambda cfg, g: KernelModel(cfg.kernel_size, cfg.init, g, cfg.param),
+    "psf_grid": lambda cfg, g: PsfGridModel(cfg.grid, cfg.kernel_size, cfg.init, g),
+    "sr_kernel": lambda cfg, g: SrKernelModel(cfg.factor, g, cfg.sr_struct, cfg.sr_channels, "gaussian"),
+}
+
+
+def build_model(task: str, cfg: LearnOperatorConfig, generator: torch.Generator) -> LearnableOperator:
+    """The learnable forward model of DDM4IP task ``task``."""
+    return MODELS[task](cfg, generator)

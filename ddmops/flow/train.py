@@ -13,15 +13,16 @@ import torch
 
 from ddmops.config import PriorConfig
 from ddmops.data import PatchSampler
-from ddmops.loop.distributed import Dist
-from ddmops.flow import path as fpath
 from ddmops.flow.ema import Ema
+from ddmops.flow.loss import draw_noise, heldout_loss, velocity_loss
 from ddmops.flow.prior import FlowPrior
 from ddmops.flow.unet import UNetArch, VelocityUNet, count_parameters
+from ddmops.loop import schedule
+from ddmops.loop.checkpoint import Resumable
+from ddmops.loop.distributed import Dist
 from ddmops.loop.guard import NanGuard
-from ddmops.io import load_checkpoint, save_checkpoint
-from ddmops.loop.schedule import lr_factor, set_lr
 from ddmops.loop.progress import progress_bar
+from ddmops.loop.schedule import lr_factor, set_lr
 from ddmops.tracker import Tracker
 
 
@@ -36,52 +37,10 @@ class PriorTrainResult:
     parameters: int
 
 
-def draw_noise(shape: torch.Size, generator: torch.Generator,
-               time_sampling: str = "uniform") -> tuple[torch.Tensor, torch.Tensor]:
-    """eps (shape) and t (shape[0],) on the generator's device."""
-    eps = torch.randn(shape, generator=generator, device=generator.device)
-    return eps, fpath.sample_t(shape[0], generator, time_sampling)
-
-
-def velocity_loss(net: Callable, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, **net_kw) -> torch.Tensor:
-    """mean ||v(x_t, t) - (x - eps)||^2 with x_t = (1 - t) eps + t x. x, eps: (B, C, H, W); t: (B,)."""
-    eps, t = eps.to(x), t.to(x)
-    v = net(fpath.interpolate(x, eps, t), t, **net_kw)
-    return torch.mean((v.float() - fpath.target_velocity(x, eps).float()) ** 2)
-
-
-def flow_matching_loss(net: Callable, x: torch.Tensor, generator: torch.Generator,
-                       time_sampling: str = "uniform", **net_kw) -> torch.Tensor:
-    """The conditional flow-matching loss with fresh noise and times from ``generator``."""
-    eps, t = draw_noise(x.shape, generator, time_sampling)
-    return velocity_loss(net, x, eps, t, **net_kw)
-
-
-@torch.no_grad()
-def heldout_loss(net: torch.nn.Module, patches: torch.Tensor, positions: torch.Tensor | None = None,
-                 seed: int = 1234, batch: int = 64) -> float:
-    """Flow-matching loss on fixed patches (and their field positions, for position-aware
-    networks) with fixed noise and stratified times (comparable across steps)."""
-    device = next(net.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    was_training = net.training
-    net.eval()
-    total = 0.0
-    for i in range(0, len(patches), batch):
-        x = patches[i:i + batch]
-        eps = torch.randn(x.shape, generator=g)
-        t = (torch.arange(len(x)) + 0.5 + i) / len(patches)
-        kw = {"position": positions[i:i + batch].to(device)} if positions is not None else {}
-        v = net(fpath.interpolate(x, eps, t).to(device), t.to(device), **kw)
-        total += torch.sum((v.cpu() - fpath.target_velocity(x, eps)) ** 2).item() / x[0].numel()
-    net.train(was_training)
-    return total / len(patches)
-
-
 class _State:
     """Network, EMA, optimiser and generators: everything a checkpoint must restore."""
 
-    def __init__(self, cfg: PriorConfig, arch: UNetArch, device: torch.device):
+    def __init__(self, cfg: PriorConfig, arch: UNetArch, device: torch.device, checkpoint: Path, run_key: str):
         with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed only
             torch.manual_seed(cfg.seed)
             self.net = VelocityUNet(arch).to(device)
@@ -89,26 +48,9 @@ class _State:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.step = 0
-
-    def state_dict(self, run_key: str) -> dict:
-        return {"run_key": run_key, "step": self.step, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
-                "opt": self.opt.state_dict(), "data_gen": self.data_gen.get_state(),
-                "noise_gen": self.noise_gen.get_state().cpu()}
-
-    def resume(self, checkpoint: Path, run_key: str, device: torch.device) -> None:
-        """Load ``checkpoint`` if it belongs to the same run (same stage, config and data)."""
-        if not checkpoint.exists():
-            return
-        state = load_checkpoint(checkpoint, map_location=device)
-        if state.get("run_key") != run_key:
-            return
-        self.net.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.data_gen.set_state(state["data_gen"])
-        self.noise_gen.set_state(state["noise_gen"].to(self.noise_gen.get_state().device))
-        self.step = int(state["step"])
+        self.saved = Resumable(checkpoint, run_key, model=self.net, ema=self.ema, opt=self.opt,
+                               data_gen=self.data_gen, noise_gen=self.noise_gen)
+        self.step = self.saved.resume(device)  # a checkpoint of the same run (stage, config, data)
 
 
 def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tensor, *, img_channels: int,
@@ -128,8 +70,7 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
     per_step = cfg.batch_size * cfg.accumulation
     positional = cfg.model.position_channels
     total_steps = cfg.images // per_step
-    s = _State(cfg, UNetArch.from_config(cfg.model, img_channels, cfg.patch_size), device)
-    s.resume(checkpoint, run_key, device)
+    s = _State(cfg, UNetArch.from_config(cfg.model, img_channels, cfg.patch_size), device, checkpoint, run_key)
     model = dist.wrap(s.net, device)
     shard = dist.shard(cfg.batch_size)
     n_params = count_parameters(s.net)
@@ -142,7 +83,7 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
         tracker.log_metrics({"model/parameters": n_params}, step=0)
 
     def crossed(every: int) -> bool:
-        return (s.step * per_step) // every != ((s.step - 1) * per_step) // every
+        return schedule.crossed(s.step, per_step, every)
 
     def evaluate() -> float:
         """Held-out loss and a sample mosaic from fixed noise, logged at the current step."""
@@ -202,7 +143,7 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
             if dist.is_main and (crossed(cfg.sample_every) or s.step == total_steps):
                 val_loss = evaluate()
             if dist.is_main and (crossed(cfg.checkpoint_every) or s.step == total_steps):
-                save_checkpoint(checkpoint, s.state_dict(run_key))
+                s.saved.save(s.step)
 
     seconds = time.perf_counter() - t_start
     if start_step == total_steps and dist.is_main:  # resumed a finished run: nothing trained now

@@ -27,10 +27,14 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from ddmops.config import DcdpConfig
 from ddmops.flow import path as fpath
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.dps import residual_gradient
 from ddmops.operators.base import Operator
+
+
+PurifyMode = Literal["ode", "tweedie"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def data_consistency(x: torch.Tensor, y: torch.Tensor, op: Operator, steps: int,
 
 
 @torch.no_grad()
-def purify(x: torch.Tensor, prior: FlowPrior, ddpm_step: int, mode: Literal["ode", "tweedie"], ode_steps: int,
+def purify(x: torch.Tensor, prior: FlowPrior, ddpm_step: int, mode: PurifyMode, ode_steps: int,
            generator: torch.Generator, guidance: float = 0.0, y: torch.Tensor | None = None,
            op: Operator | None = None) -> torch.Tensor:
     """Noise x to DDPM step ``ddpm_step`` - 1 and denoise it. x: (B, C, H, W) -> same.
@@ -107,16 +111,17 @@ def purify(x: torch.Tensor, prior: FlowPrior, ddpm_step: int, mode: Literal["ode
     return x_t
 
 
-def dcdp(y: torch.Tensor, op: Operator, prior: FlowPrior, *, iterations: int, inner_steps: int, lr: float,
-         t_start: int, t_end: int = 0, schedule: str = "linear", purify_mode: str = "ode", ode_steps: int = 20,
-         guidance: float = 0.0, optimizer: str = "sgd", momentum: float = 0.9, prox_weight: float = 0.0,
-         init: str = "zeros", x_shape: torch.Size | None = None, generator: torch.Generator,
-         start: DcdpState | None = None, on_iteration: Callable[[DcdpState], None] | None = None) -> DcdpResult:
-    """Restore x from y. y: measurements (B, ...); x: ``x_shape`` (default op.input_shape(y.shape)).
+def dcdp(y: torch.Tensor, op: Operator, prior: FlowPrior, cfg: DcdpConfig, *, mode: PurifyMode = "ode",
+         x_shape: torch.Size | None = None, generator: torch.Generator, start: DcdpState | None = None,
+         on_iteration: Callable[[DcdpState], None] | None = None) -> DcdpResult:
+    """Restore x from y with purification ``mode`` ('ode' or 'tweedie', each with its own
+    settings: ``cfg.for_mode(mode)``). y: measurements (B, ...); x: ``x_shape`` (default
+    op.input_shape(y.shape)).
 
     ``start`` continues an interrupted run (with ``generator`` in the state it had then);
     ``on_iteration`` sees the state after every outer iteration."""
-    if init == "adjoint":
+    d = cfg.for_mode(mode)
+    if d.init == "adjoint":
         if not op.is_linear:
             raise ValueError("init 'adjoint' needs a linear operator; use 'zeros'")
         x = op.A_adjoint(y)
@@ -125,9 +130,9 @@ def dcdp(y: torch.Tensor, op: Operator, prior: FlowPrior, *, iterations: int, in
     x_data, done = x, 0
     if start is not None:
         x, x_data, done = start.x.to(y), start.x_data.to(y), start.iteration
-    for k, step in enumerate(purification_schedule(iterations, t_start, t_end, schedule)[done:], done + 1):
-        x_data = data_consistency(x, y, op, inner_steps, lr, optimizer, momentum, prox_weight)
-        x = purify(x_data, prior, step, purify_mode, ode_steps, generator, guidance, y, op)
+    for k, step in enumerate(purification_schedule(d.iterations, d.t_start, d.t_end, d.schedule)[done:], done + 1):
+        x_data = data_consistency(x, y, op, d.inner_steps, d.lr, d.optimizer, d.momentum, d.prox_weight)
+        x = purify(x_data, prior, step, mode, d.ode_steps, generator, d.guidance, y, op)
         if on_iteration is not None:
             on_iteration(DcdpState(k, x, x_data))
     return DcdpResult(x=x.clamp(-1, 1), x_data=x_data)

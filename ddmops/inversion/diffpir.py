@@ -11,6 +11,7 @@ fresh noise (share ``zeta``).
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 
@@ -18,6 +19,15 @@ from ddmops.flow import path as fpath
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.cg import solve_normal
 from ddmops.operators.base import Operator
+
+
+class DiffPirSettings(Protocol):
+    """What DiffPIR reads (``invert.<task>`` of params.yaml has these)."""
+
+    steps: int  # prior evaluations
+    lam: float  # data-term weight rho_k = lam * sigma_n^2 / sigma_k^2
+    zeta: float  # share of fresh noise when re-noising
+    cg_iters: int  # conjugate-gradient iterations of each proximal step
 
 
 def diffpir_sigmas(steps: int, num_train: int = 1000) -> torch.Tensor:
@@ -30,10 +40,11 @@ def diffpir_sigmas(steps: int, num_train: int = 1000) -> torch.Tensor:
 
 
 @torch.no_grad()
-def diffpir(y: torch.Tensor, op: Operator, prior: FlowPrior, *, sigma_n: float, steps: int = 20,
-            lam: float = 7.0, zeta: float = 0.3, cg_iters: int = 20,
+def diffpir(y: torch.Tensor, op: Operator, prior: FlowPrior, cfg: DiffPirSettings, *, sigma_n: float,
             generator: torch.Generator) -> torch.Tensor:
-    """Restore x from y = A(x) + sigma_n n. y: (B, C, h, w) -> x: op.input_shape(y.shape) in [-1, 1]."""
+    """Restore x from y = A(x) + sigma_n n with ``cfg``'s steps, lam, zeta and cg_iters.
+    y: (B, C, h, w) -> x: op.input_shape(y.shape) in [-1, 1]."""
+    steps, lam, zeta = cfg.steps, cfg.lam, cfg.zeta
     sigmas = diffpir_sigmas(steps)
     times = [fpath.t_from_sigma(s.item()) for s in sigmas]
 
@@ -48,7 +59,7 @@ def diffpir(y: torch.Tensor, op: Operator, prior: FlowPrior, *, sigma_n: float, 
         if i == len(times) - 1:
             break
         rho = lam * sigma_n ** 2 / sigma_k ** 2
-        x0 = solve_normal(op, y, max(rho, 1e-8), x0, iters=cg_iters).clamp(-1, 1)
+        x0 = solve_normal(op, y, max(rho, 1e-8), x0, iters=cfg.cg_iters).clamp(-1, 1)
         eps = fpath.eps_from_x0(x_t, x0, t)
         t_next = times[i + 1]
         x_t = t_next * x0 + (1 - t_next) * (math.sqrt(1 - zeta) * eps + math.sqrt(zeta) * noise(x0.shape))

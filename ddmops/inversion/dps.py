@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from ddmops.config import DpsConfig
 from ddmops.flow import path as fpath
 from ddmops.flow.prior import FlowPrior
 from ddmops.operators.base import Operator
@@ -32,10 +33,11 @@ def residual_gradient(y: torch.Tensor, op: Operator, prior: FlowPrior, x_t: torc
     return x0.detach(), grad
 
 
-def dps(y: torch.Tensor, op: Operator, prior: FlowPrior, *, steps: int, zeta: float, x_shape: torch.Size,
+def dps(y: torch.Tensor, op: Operator, prior: FlowPrior, cfg: DpsConfig, *, x_shape: torch.Size,
         generator: torch.Generator) -> torch.Tensor:
-    """Sample x given y = A(x) + n. y: (B, ...) -> x: ``x_shape`` (B, C, H, W) in [-1, 1]."""
-    idx = np.unique(np.round(np.linspace(0, 999, steps)).astype(np.int64))[::-1]
+    """Sample x given y = A(x) + n in ``cfg.steps`` steps, guidance scaled by ``cfg.zeta``.
+    y: (B, ...) -> x: ``x_shape`` (B, C, H, W) in [-1, 1]."""
+    idx = np.unique(np.round(np.linspace(0, 999, cfg.steps)).astype(np.int64))[::-1]
     ab = fpath.ddpm_alpha_bar(torch.as_tensor(idx.copy())).tolist()
 
     def noise(shape):
@@ -50,5 +52,5 @@ def dps(y: torch.Tensor, op: Operator, prior: FlowPrior, *, steps: int, zeta: fl
         beta = 1 - a / a_prev
         mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a)) * x
         var = beta * (1 - a_prev) / (1 - a)
-        x = mean + (math.sqrt(var) * noise(x.shape) if a_prev < 1.0 else 0.0) - zeta * grad
+        x = mean + (math.sqrt(var) * noise(x.shape) if a_prev < 1.0 else 0.0) - cfg.zeta * grad
     return x.clamp(-1, 1)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules shared by every trainer."""
+"""Learning-rate schedules and logging cadences shared by every trainer."""
 
 from __future__ import annotations
 
@@ -17,3 +17,8 @@ def lr_factor(kind: str, step: int, total: int) -> float:
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def crossed(step: int, per_step: int, every: int) -> bool:
+    """Whether the images seen by step ``step`` (``per_step`` each) passed a multiple of ``every``."""
+    return (step * per_step) // every != ((step - 1) * per_step) // every

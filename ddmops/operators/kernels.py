@@ -63,7 +63,7 @@ def motion_kernel(size: int, intensity: float, generator: torch.Generator) -> to
     return center_kernel(k / k.sum()).float()
 
 
-def sr_kernel(factor: int, generator: torch.Generator, size: int | None = None,
+def random_sr_kernel(factor: int, generator: torch.Generator, size: int | None = None,
               noise: float = 0.0) -> torch.Tensor:
     """A DIV2KRK-style random anisotropic Gaussian SR kernel (KernelGAN's recipe). -> (K, K)
 

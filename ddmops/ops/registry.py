@@ -6,7 +6,7 @@ better (or when forced, with a reason kept as a version tag). Aliases and tags o
 
 The logged model is an MLflow pyfunc "from code": its artifacts are an operator folder
 (``operator.npz`` of plain arrays, as learn-operator writes it, see
-:mod:`ddmops.ddm4ip.families`, and ``operator.json``) and a three-line script naming
+:mod:`ddmops.operators.psf_operator`, and ``operator.json``) and a three-line script naming
 :class:`OperatorModel`; nothing is pickled, and loading needs only ``ddmops``.
 Import this module lazily: it imports MLflow.
 """
@@ -31,14 +31,15 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ddmops.config import GateConfig, RegistryConfig
 from ddmops.errors import DdmopsError
-from ddmops.ddm4ip.families import FAMILY, INFO_FILE, MODEL_FOLDER, OPERATOR_FILE, Arrays, load_arrays
-from ddmops.io import save_npz, write_json
-from ddmops.ops.serving import ServedOperator, handle, redact
+from ddmops.io import write_json
+from ddmops.operators.psf_operator import OPERATOR_FILE, PsfOperator
+from ddmops.ops.serving import INFO_FILE, ServedOperator, handle, redact
 
 MODEL_NAMES = {"deblur": "ddmops-psf-deblur", "psf_grid": "ddmops-psf-grid", "sr_kernel": "ddmops-sr-kernel"}
 CANDIDATE, CHAMPION = "candidate", "champion"
 TAG_DATA, TAG_DATA_HASH, TAG_METRIC = "ddmops.data.", "ddmops.data_hash", "ddmops.metric."
-ARTIFACT_KEY = MODEL_FOLDER.name  # the operator folder inside the model: artifacts/operator/
+MODEL_FOLDER = Path("artifacts") / "operator"  # the operator folder inside a registered model
+ARTIFACT_KEY = MODEL_FOLDER.name
 INPUT_EXAMPLE = [{"kind": "psf_at", "x": 0.5, "y": 0.5}]
 MODEL_CODE = """from mlflow.models import set_model
 
@@ -92,11 +93,11 @@ def gate_of(cfg: RegistryConfig, task: str) -> GateConfig:
     return getattr(cfg, task)
 
 
-def log_operator(arrays: Arrays, *, task: str, info: Mapping[str, Any] | None = None,
+def log_operator(operator: PsfOperator, *, task: str, info: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,
                  training_data: str | None = None) -> ModelVersion:
-    """Log ``arrays`` (families.py's format) as a pyfunc model in the active run (a new run if
-    none) and register it as a new version of ``task``'s model, with alias ``candidate``.
+    """Log ``operator`` as a pyfunc model in the active run (a new run if none) and register it
+    as a new version of ``task``'s model, with alias ``candidate``.
 
     ``metrics`` and the run's input digests (tags ``ddmops.data.<path>``) become version tags;
     ``training_data`` names the input whose digest is the version's data hash.
@@ -108,13 +109,13 @@ def log_operator(arrays: Arrays, *, task: str, info: Mapping[str, Any] | None = 
         run_tags = mlflow.get_run(run.info.run_id).data.tags
         data = {k[len(TAG_DATA):]: v for k, v in run_tags.items() if k.startswith(TAG_DATA)}
         data_hash = data.get(training_data or "", "")
-        info = {**(info or {}), "task": task, "family": FAMILY[task], "params": dict(params or {}),
+        info = {**(info or {}), "task": task, "family": operator.family, "params": dict(params or {}),
                 "metrics": metrics, "data": data, "data_hash": data_hash, "source_run": run.info.run_id}
-        served = ServedOperator(arrays, info)  # refuses arrays it could not serve
+        served = ServedOperator(operator, info)
         info |= served.describe()
         with tempfile.TemporaryDirectory() as tmp, _quiet_type_hints():
             folder = Path(tmp) / ARTIFACT_KEY
-            save_npz(folder / OPERATOR_FILE, arrays)
+            operator.save(folder / OPERATOR_FILE)
             write_json(folder / INFO_FILE, info)
             (Path(tmp) / "operator_model.py").write_text(MODEL_CODE)
             logged = mlflow.pyfunc.log_model(
@@ -156,7 +157,7 @@ def model_version(uri: str) -> ModelVersion:
                           f"({_first_line(exc.message)})") from None
 
 
-def fetch_operator(uri: str) -> tuple[Arrays, dict[str, str]]:
+def fetch_operator(uri: str) -> tuple[PsfOperator, dict[str, str]]:
     """Download the operator of a ``models:/`` or ``runs:/`` URI; also the provenance tags
     (``ddmops.operator`` and, for a registry model, its name, version and source run)."""
     tags = {"ddmops.operator": uri}
@@ -174,9 +175,14 @@ def fetch_operator(uri: str) -> tuple[Arrays, dict[str, str]]:
         except (MlflowException, OSError) as exc:
             raise DdmopsError(f"{uri}: cannot download ({_first_line(str(exc))})") from None
         try:
-            return load_arrays(Path(local)), tags
+            return PsfOperator.load(model_operator_folder(Path(local))), tags
         except DdmopsError as exc:
             raise DdmopsError(f"{uri}: {str(exc).replace(local, '<artifact>')}") from None
+
+
+def model_operator_folder(folder: Path) -> Path:
+    """The operator folder of a downloaded model folder (one holding ``MLmodel``); else ``folder``."""
+    return folder / MODEL_FOLDER if (folder / "MLmodel").is_file() else folder
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ddmops.ddm4ip.families import FAMILY, INFO_FILE, Arrays, build_operator, load_arrays
-from ddmops.errors import DataError, DdmopsError
+from ddmops.errors import DdmopsError
 from ddmops.io import read_json
 from ddmops.operators.psf_grid import position_map
 from ddmops.operators.psf_grid_math import grid_nodes, psf_at
+from ddmops.operators.psf_operator import PsfOperator
+
+INFO_FILE = "operator.json"  # beside operator.npz: task, family, sizes, limits, provenance
 
 FIELDS = {"psf_at": ("x", "y"), "grid": (), "apply": ("image",), "info": ()}
 
@@ -45,34 +47,27 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServedOperator:
-    """An operator's arrays (families.py: {"kernel"}, {"psf_grid"} or {"kernel", "factor"}) and
-    its operator.json; every family is read as a grid (a single kernel: 1 x 1)."""
+    """A learned operator and its operator.json; every family is read as a grid (a single
+    kernel: 1 x 1)."""
 
-    arrays: Arrays
+    operator: PsfOperator
     info: Mapping[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
-
-    def __post_init__(self):
-        g = self.grid
-        if g.ndim != 4 or g.shape[-1] != g.shape[-2] or min(g.shape) < 1 or not np.isfinite(g).all():
-            raise DataError(f"operator PSFs must be finite (K, K) kernels or a (Gy, Gx, K, K) grid, "
-                            f"got shape {g.shape}")
 
     @classmethod
     def load(cls, folder: Path) -> "ServedOperator":
         """From an operator folder (operator.npz, and operator.json when there is one)."""
         info = read_json(folder / INFO_FILE) if (Path(folder) / INFO_FILE).is_file() else {}
-        return cls(load_arrays(folder), info, Limits(**info.get("limits", {})))
+        return cls(PsfOperator.load(folder), info, Limits(**info.get("limits", {})))
 
     @property
     def grid(self) -> np.ndarray:
         """(Gy, Gx, K, K) float32."""
-        a = self.arrays
-        return np.asarray(a["psf_grid"] if "psf_grid" in a else np.asarray(a["kernel"])[None, None], np.float32)
+        return self.operator.grid_array()
 
     @property
     def factor(self) -> int:
-        return int(self.arrays.get("factor", 1))
+        return self.operator.factor
 
     def psf_at(self, x: float, y: float) -> np.ndarray:
         """PSF at normalised field position (x, y), clipped at 0 and summing to 1. -> (K, K)"""
@@ -84,15 +79,14 @@ class ServedOperator:
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))
         x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]  # (1, C, H, W)
         with torch.no_grad():
-            out = build_operator(self.arrays, position_map(*x.shape[-2:])[None]).A(x)[0]
+            out = self.operator.operator(position_map(*x.shape[-2:])[None]).A(x)[0]
         return (out[0] if np.ndim(image) == 2 else out.permute(1, 2, 0)).numpy()
 
     def describe(self) -> dict[str, Any]:
         gy, gx, k, _ = self.grid.shape
-        family = self.info.get("family") or ("psf_grid" if "psf_grid" in self.arrays
-                                             else "sr_kernel" if "factor" in self.arrays else "blur")
-        task = self.info.get("task") or {f: t for t, f in FAMILY.items()}[family]
-        return {"task": task, "family": family, "kernel_size": k, "grid_shape": [gy, gx], "factor": self.factor,
+        task = self.info.get("task") or self.operator.task
+        return {"task": task, "family": self.operator.family, "kernel_size": k, "grid_shape": [gy, gx],
+                "factor": self.factor,
                 "padding": "valid", "limits": vars(self.limits)}
 
 

@@ -93,7 +93,7 @@ def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkey
     out = ws / "outputs" / "tasks" / "nonlinear_deblur"
     ckpt = ws / ".checkpoints" / "restore-nonlinear_deblur-dcdp-ode.pt"
 
-    first = run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
+    first = run_stage("restore-dcdp", params, ws, item="nonlinear_deblur", progress=False)
     reference = {n: _images(out / f"{n}.npz") for n in ("dcdp-ode", "dcdp-tweedie")}
     assert not ckpt.exists()  # a finished run leaves nothing to resume
     for f in out.glob("*.npz"):
@@ -101,19 +101,19 @@ def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkey
 
     calls = _interrupt(monkeypatch, dcdp_module, "purify", at=9)  # image 1, iteration 3: after a checkpoint at 2
     with pytest.raises(KeyboardInterrupt):
-        run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
+        run_stage("restore-dcdp", params, ws, item="nonlinear_deblur", progress=False)
     state = torch.load(ckpt, weights_only=True)
     assert len(state["parts"]) == 1 and state["partial"]["iteration"] == 2
 
     calls[0] = -100  # the rerun goes through
-    second = run_stage("invert-dcdp", params, ws, item="nonlinear_deblur", progress=False)
+    second = run_stage("restore-dcdp", params, ws, item="nonlinear_deblur", progress=False)
     for name in reference:
         np.testing.assert_allclose(_images(out / f"{name}.npz"), reference[name], rtol=0, atol=1e-6)
     assert second["psnr/dcdp-ode"] == pytest.approx(first["psnr/dcdp-ode"], abs=1e-6)
     assert second["nfe/dcdp-ode"] == first["nfe/dcdp-ode"]
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlruns.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                              filter_string="tags.`ddmops.stage` = 'invert-dcdp-nonlinear_deblur'")
+                              filter_string="tags.`ddmops.stage` = 'restore-dcdp-nonlinear_deblur'")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]  # the interrupted one continued
     assert sum(r.data.tags.get("ddmops.resumed") == "true" for r in runs) == 1
 

@@ -1,4 +1,4 @@
-"""Fixtures: a throwaway MLflow store (SQLite + artifacts in tmp) and operators from known arrays."""
+"""Fixtures: a throwaway MLflow store (SQLite + artifacts in tmp) and known PSF arrays."""
 
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ def make_store(root: Path, monkeypatch) -> str:
     return uri
 
 
-def log_version(arrays: dict, metrics: dict[str, float], task: str = "deblur", data_hash: str = "0123abcd.dir"):
-    """Log ``arrays`` in a run tagged like a learn-operator run; -> the new ModelVersion."""
+def log_version(operator, metrics: dict[str, float], task: str = "deblur", data_hash: str = "0123abcd.dir"):
+    """Log ``operator`` in a run tagged like a learn-operator run; -> the new ModelVersion."""
     import mlflow
 
     from ddmops.ops.registry import log_operator
     with mlflow.start_run(tags={f"ddmops.data.data/degraded/{task}": data_hash, "ddmops.data.data/prepared": "p"}):
-        return log_operator(arrays, task=task, metrics=metrics, params={"kernel_size": 9},
+        return log_operator(operator, task=task, metrics=metrics, params={"kernel_size": 9},
                             training_data=f"data/degraded/{task}")
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from ddmops.ops.model_server import free_port, running, serve_env
+from ddmops.operators.psf_operator import BlurKernel
 from ddmops.ops.serving import ServedOperator
 from tests.conftest import REPO
 from tests.registry.conftest import kernel, log_version, make_store
@@ -29,8 +30,8 @@ def workspace(tmp_path_factory):
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     with pytest.MonkeyPatch.context() as mp:
         uri = make_store(root, mp)
-        log_version({"kernel": kernel()}, {"kernel/ncc": 0.8}, data_hash="aaaa1111.dir")
-        log_version({"kernel": kernel((1.0, 1.0), 0.0)}, {"kernel/ncc": 0.7}, data_hash="bbbb2222.dir")
+        log_version(BlurKernel(kernel()), {"kernel/ncc": 0.8}, data_hash="aaaa1111.dir")
+        log_version(BlurKernel(kernel((1.0, 1.0), 0.0)), {"kernel/ncc": 0.7}, data_hash="bbbb2222.dir")
         yield root, uri
 
 
@@ -76,7 +77,7 @@ def test_served_model_answers_each_kind(server):
     psf, grid, applied, info = r.json()["predictions"]
     np.testing.assert_array_equal(np.array(psf["psf"], np.float32), kernel())  # the champion's kernel
     np.testing.assert_array_equal(np.array(grid["grid"], np.float32), kernel()[None, None])
-    np.testing.assert_array_equal(np.array(applied["image"]), ServedOperator({"kernel": kernel()}).apply(image))
+    np.testing.assert_array_equal(np.array(applied["image"]), ServedOperator(BlurKernel(kernel())).apply(image))
     assert info["family"] == "blur" and info["kernel_size"] == 9 and info["limits"]["max_image_side"] == 256
 
 

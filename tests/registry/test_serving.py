@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ddmops.operators.psf_operator import BlurKernel, PsfGridKernels
 from ddmops.ops.serving import Limits, RequestError, ServedOperator, handle, redact
 from tests.registry.conftest import kernel, psf_grid
 
-GRID = ServedOperator({"psf_grid": psf_grid(3, 4)}, limits=Limits(max_image_side=32, max_requests=4))
+GRID = ServedOperator(PsfGridKernels(psf_grid(3, 4)), limits=Limits(max_image_side=32, max_requests=4))
 
 
 def test_each_kind_is_answered():
@@ -25,7 +26,7 @@ def test_each_kind_is_answered():
 
 
 def test_a_blur_answers_its_kernel_anywhere():
-    op = ServedOperator({"kernel": kernel()})
+    op = ServedOperator(BlurKernel(kernel()))
     (answer,) = handle(op, [{"kind": "psf_at", "x": 0.91, "y": 0}])
     np.testing.assert_array_equal(np.array(answer["psf"], np.float32), kernel())
 
