@@ -11,13 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # development data, present beside the checkout on dev/CI machines
 
 
-def print_table(title: str, columns: list[str], rows: list[list], summary: str) -> None:
+def print_table(title: str, columns: list[str], rows: list[list], summary: str, width: int = 140) -> None:
     """A rich table, then the one-line summary last."""
     table = Table(title=title)
     for c in columns:
         table.add_column(c, justify="right" if c != columns[0] else "left")
     for r in rows:
         table.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r])
-    console = Console(width=140)
+    console = Console(width=width)
     console.print(table)
-    console.print(summary, highlight=False)
+    if summary:
+        console.print(summary, highlight=False)

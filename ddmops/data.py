@@ -17,7 +17,6 @@ from ddmops.errors import DataError
 from ddmops.io import iter_npz, list_images, read_image, to_uint8
 from ddmops.operators.blur import convolve
 from ddmops.operators.kernels import gaussian_kernel, load_kernel, motion_kernel
-from ddmops.operators.psf_grid import position_map
 
 # Natural photos shipped inside the scikit-image wheel (no download); grey ones are
 # replicated to RGB. The motorcycle stereo pair counts as one scene.
@@ -134,6 +133,10 @@ class PatchSampler:
     so every crop of the collection is equally likely. ``geometry`` gives, per image, its
     place (top, left, full_h, full_w) in the photo it was cut from, so crops can carry
     their field positions (PSF grids); flips change the content, not the positions.
+
+    The random draws come from the (CPU) generator; the crops are cut in one gather from the
+    images stacked on the sampler's device (:meth:`to`), so the same generator gives the same
+    crops on every device and a GPU is not kept waiting on a Python loop.
     """
 
     def __init__(self, images: list[torch.Tensor], patch_size: int, flips: bool = False,
@@ -143,10 +146,26 @@ class PatchSampler:
             shape = tuple(images[small[0]].shape[-2:])
             raise DataError(f"{len(small)} image(s) are smaller than the patch size {patch_size} "
                             f"(e.g. image #{small[0]} of size {shape})")
-        self.images, self.patch_size, self.flips, self.geometry = images, patch_size, flips, geometry
-        counts = torch.tensor([(x.shape[-2] - patch_size + 1) * (x.shape[-1] - patch_size + 1)
-                               for x in images], dtype=torch.float64)
+        self.patch_size, self.flips, self.geometry = patch_size, flips, geometry
+        self.sizes = torch.tensor([tuple(x.shape[-2:]) for x in images], dtype=torch.long)  # (N, 2)
+        counts = ((self.sizes[:, 0] - patch_size + 1) * (self.sizes[:, 1] - patch_size + 1)).double()
         self.weights = counts / counts.sum()
+        h, w = self.sizes.max(0).values.tolist()
+        self.stack = torch.zeros(len(images), images[0].shape[0], h, w, dtype=images[0].dtype)  # zero-padded
+        for i, x in enumerate(images):
+            self.stack[i, :, :x.shape[-2], :x.shape[-1]] = x
+        self.places = (geometry.double() if geometry is not None else torch.cat(
+            [torch.zeros(len(images), 2, dtype=torch.float64), self.sizes.double()], 1))  # (N, 4)
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        """The images (C, H, W), as views into the stack."""
+        return [self.stack[i, :, :h, :w] for i, (h, w) in enumerate(self.sizes.tolist())]
+
+    def to(self, device: torch.device | str) -> "PatchSampler":
+        """Keep the images on ``device`` (crops come out there); returns this sampler."""
+        self.stack = self.stack.to(device)
+        return self
 
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """-> crops (batch, C, P, P)"""
@@ -157,22 +176,32 @@ class PatchSampler:
         return self._draw(batch, generator, True)
 
     def _draw(self, batch: int, generator: torch.Generator, with_position: bool):
-        p = self.patch_size
+        p, device = self.patch_size, self.stack.device
         idx = torch.multinomial(self.weights, batch, replacement=True, generator=generator)
-        u = torch.rand(batch, 4, generator=generator)
-        crops, positions = [], []
-        for i, (ur, uc, fh, fv) in zip(idx.tolist(), u.tolist()):
-            img = self.images[i]
-            r = int(ur * (img.shape[-2] - p + 1))
-            c = int(uc * (img.shape[-1] - p + 1))
-            crop = img[:, r:r + p, c:c + p]
-            if self.flips and fh < 0.5:
-                crop = crop.flip(-1)
-            if self.flips and fv < 0.5:
-                crop = crop.flip(-2)
-            crops.append(crop)
-            if with_position:
-                top, left, full_h, full_w = (self.geometry[i].tolist() if self.geometry is not None
-                                             else (0.0, 0.0, img.shape[-2], img.shape[-1]))
-                positions.append(position_map(p, p, top + r, left + c, full_h, full_w))
-        return torch.stack(crops), (torch.stack(positions) if with_position else None)
+        u = torch.rand(batch, 4, generator=generator).double()
+        free = self.sizes[idx] - p + 1  # crop positions per axis
+        r, c = (u[:, 0] * free[:, 0]).long(), (u[:, 1] * free[:, 1]).long()
+        span = torch.arange(p)
+        # one small host-to-device copy per batch, asynchronous from pinned memory
+        where = _to(torch.cat([idx[:, None], r[:, None] + span, c[:, None] + span, (u[:, 2:] < 0.5).long()], 1), device)
+        index, rows, cols, flip = where[:, 0], where[:, 1:p + 1], where[:, p + 1:2 * p + 1], where[:, 2 * p + 1:]
+        chans = torch.arange(self.stack.shape[1], device=device)
+        crops = self.stack[index[:, None, None, None], chans[None, :, None, None],
+                           rows[:, None, :, None], cols[:, None, None, :]]
+        if self.flips:
+            crops = torch.where(flip[:, 0, None, None, None].bool(), crops.flip(-1), crops)
+            crops = torch.where(flip[:, 1, None, None, None].bool(), crops.flip(-2), crops)
+        if not with_position:
+            return crops, None
+        top, left, full_h, full_w = self.places[idx].unbind(1)  # the pixel-centre formula of position_map
+        ys = ((top + r)[:, None] + span + 0.5) / full_h[:, None]
+        xs = ((left + c)[:, None] + span + 0.5) / full_w[:, None]
+        pos = torch.stack([xs[:, None, :].expand(batch, p, p), ys[:, :, None].expand(batch, p, p)], 1)
+        return crops, _to(pos.float(), device)
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU from pinned memory without waiting for the device."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

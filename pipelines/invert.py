@@ -31,7 +31,7 @@ def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
     write_json(ctx.ws.restored_source(task), provenance)  # the results name their operator
     operators = {"learned": learned}
     sigma = read_json(ctx.ws.observed(task, "meta"))["noise_sigma"] if cfg.noise_sigma is None else cfg.noise_sigma
-    prior = FlowPrior.load(ctx.ws.prior("clean"), ctx.device)
+    prior = FlowPrior.load(ctx.ws.prior("clean"), ctx.device).accelerate(cfg.compile, cfg.precision)
     prior.tile = cfg.tile
     test = ctx.ws.observed(task, "test")
     y_all, y_geom = torch.stack(load_image_set(test)), load_geometry(test)

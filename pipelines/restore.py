@@ -37,10 +37,12 @@ class RestoreJob:
     seed: int
     task: TaskConfig = field(default_factory=TaskConfig)
     tile: int = 0
+    precision: str = "fp32"
+    compile: bool = False
 
 
 def job(cfg: RestoreConfig, task: str) -> RestoreJob:
-    return RestoreJob(cfg.images, cfg.batch_size, cfg.seed, getattr(cfg, task), cfg.tile)
+    return RestoreJob(cfg.images, cfg.batch_size, cfg.seed, getattr(cfg, task), cfg.tile, cfg.precision, cfg.compile)
 
 
 def problem(cfg: RestoreJob, ctx: StageContext) -> Problem:
@@ -109,7 +111,7 @@ def restore(methods: list[str], cfg: RestoreJob, ctx: StageContext, prior: FlowP
 
 
 def run_methods(methods: list[str], cfg: RestoreJob, ctx: StageContext, task: str) -> dict[str, float]:
-    prior = FlowPrior.load(ctx.ws.prior("clean"), ctx.device)
+    prior = FlowPrior.load(ctx.ws.prior("clean"), ctx.device).accelerate(cfg.compile, cfg.precision)
     prior.tile = cfg.tile
     p = problem(cfg, ctx)
     run_name = f"restore-{task}"

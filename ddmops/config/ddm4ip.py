@@ -50,7 +50,8 @@ class PriorConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     flips: bool = True  # random flips; keep off for degraded data with an asymmetric kernel
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast on GPU only
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast on GPU only (bf16: tensor cores, no scaler)
+    compile: bool = False  # torch.compile the training step's network (falls back to eager where unavailable)
     log_every: int = 2_048  # images
     sample_every: int = 16_384  # images
     checkpoint_every: int = 8_192  # images
@@ -111,6 +112,8 @@ class LearnOperatorConfig:
     kernel_ema: float = 0.01  # rate of the kernel's moving average (0 disables)
     noise_sigma: float | None = None  # None: the level the data was made with (degrade)
     reg: KernelRegConfig = field(default_factory=KernelRegConfig)
+    precision: Literal["fp32", "bf16"] = "fp32"  # autocast of the networks on GPU only
+    compile: bool = False  # torch.compile both networks (falls back to eager where unavailable)
     log_every: int = 1_024
     plot_every: int = 8_192
     checkpoint_every: int = 8_192
@@ -145,6 +148,8 @@ class InvertConfig:
     batch_size: int = 4
     seed: int = 0
     tile: int = 0  # > 0: the prior sees larger images as blended tiles of this side (bounded memory)
+    precision: Literal["fp32", "bf16"] = "fp32"  # the prior's autocast on GPU
+    compile: bool = False  # torch.compile the prior (eager where unavailable)
 
     def __post_init__(self):
         check_ranges(self, positive=("steps", "lam", "cg_iters", "batch_size"), nonnegative=("noise_sigma", "tile"),

@@ -143,6 +143,8 @@ class RestoreConfig:
     batch_size: int = 4
     seed: int = 0
     tile: int = 0  # > 0: the prior sees larger images as blended tiles of this side (bounded memory)
+    precision: Literal["fp32", "bf16"] = "fp32"  # the prior's autocast on GPU
+    compile: bool = False  # torch.compile the prior (eager where unavailable)
     gaussian_deblur: TaskConfig = field(default_factory=TaskConfig)
     motion_deblur: TaskConfig = field(default_factory=TaskConfig)
     nonlinear_deblur: TaskConfig = field(default_factory=TaskConfig)

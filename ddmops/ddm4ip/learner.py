@@ -20,12 +20,14 @@ import torch
 from ddmops.config import LearnOperatorConfig
 from ddmops.data import PatchSampler
 from ddmops.ddm4ip.models import LearnableOperator
+from ddmops.device import autocast, compiled
 from ddmops.ddm4ip.objective import distribution_matching_loss, kernel_regularisers
 from ddmops.flow.loss import flow_matching_loss, heldout_loss
 from ddmops.flow.prior import FlowPrior
 from ddmops.loop import schedule
 from ddmops.loop.checkpoint import Resumable
 from ddmops.loop.guard import NanGuard
+from ddmops.loop.meters import WindowMeans
 from ddmops.loop.progress import progress_bar
 from ddmops.loop.schedule import lr_factor, set_lr
 from ddmops.metrics import kernel_errors
@@ -64,12 +66,14 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
     observations (fixed crops and noise) and on these real ones (0 when they look alike)."""
     data_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    model = model.to(device)
+    model, clean = model.to(device), clean.to(device)
     v_pre = degraded_prior.to(device)
     with_pos = v_pre.arch.position_channels or model.needs_position
     aux = copy.deepcopy(v_pre.net).train().requires_grad_(True)
-    opt_k = torch.optim.Adam(model.parameters(), lr=cfg.lr_kernel, betas=cfg.betas)
-    opt_aux = torch.optim.Adam(aux.parameters(), lr=cfg.lr_aux, betas=cfg.betas)
+    opt_k = torch.optim.Adam(model.parameters(), lr=cfg.lr_kernel, betas=cfg.betas, fused=True)
+    opt_aux = torch.optim.Adam(aux.parameters(), lr=cfg.lr_aux, betas=cfg.betas, fused=True)
+    aux_net = compiled(aux, cfg.compile, "operator learning (auxiliary flow)")
+    pre_net = compiled(v_pre.net, cfg.compile, "operator learning (observation prior)")
     ema = model.kernels().detach().clone()
     total_steps = max(1, cfg.images // cfg.batch_size)
     saved = Resumable(checkpoint, run_key, model=model, aux=aux, opt_kernel=opt_k, opt_aux=opt_aux,
@@ -105,7 +109,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
 
     guard = NanGuard(nan_policy, checkpoint)
     t0, logged = time.perf_counter(), {}
-    window: dict[str, list[float]] = {}
+    window = WindowMeans()
     with progress_bar(f"learn {model.family}", total_steps, step, progress) as bar:
         while step < total_steps:
             scale = lr_factor(cfg.lr_decay, step, total_steps)
@@ -114,32 +118,33 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
             # (a) auxiliary flow on simulated observations, operator frozen
             with torch.no_grad():
                 y, kw = simulate()
-            loss_aux = flow_matching_loss(aux, y, noise_gen, **kw)
+            with autocast(device, cfg.precision):
+                loss_aux = flow_matching_loss(aux_net, y, noise_gen, **kw)
             opt_aux.zero_grad(set_to_none=True)
-            if guard.finite("auxiliary flow-matching loss", loss_aux, step):
-                loss_aux.backward()
-                opt_aux.step()
+            loss_aux.backward()
+            opt_aux.found_inf = (~guard.ok(step, {"auxiliary flow-matching loss": loss_aux})).float()
+            opt_aux.step()  # skipped on the device when the loss is not finite
             # (b) operator update through y = A_phi(x) + sigma n
             y, kw = simulate()
-            loss_dm = distribution_matching_loss(y, lambda z, t: aux(z, t, **kw),
-                                                 lambda z, t: v_pre.velocity(z, t, **kw), noise_gen)
+            pos = kw.get("position")
+            with autocast(device, cfg.precision):
+                loss_dm = distribution_matching_loss(y, lambda z, t: aux_net(z, t, position=pos),
+                                                     lambda z, t: pre_net(z, t, position=pos), noise_gen)
             regs = kernel_regularisers(model.kernels(), model.unnormalised(), cfg.reg)
             opt_k.zero_grad(set_to_none=True)
-            terms = {"distribution-matching loss": loss_dm, **{f"{k} regulariser": v for k, v in regs.items()}}
-            if all(guard.finite(name, value, step) for name, value in terms.items()):
-                (loss_dm + sum(regs.values())).backward()
-                opt_k.step()
+            (loss_dm + sum(regs.values())).backward()
+            ok = guard.ok(step, {"distribution-matching loss": loss_dm, **{f"{k} regulariser": v for k, v in regs.items()}})
+            opt_k.found_inf = (~ok).float()
+            opt_k.step()
             with torch.no_grad():
-                ema.lerp_(model.kernels(), cfg.kernel_ema if cfg.kernel_ema > 0 else 1.0)
+                ema.lerp_(model.kernels(), ok.float() * (cfg.kernel_ema if cfg.kernel_ema > 0 else 1.0))
             step += 1
-            for name, value in {"loss/aux": loss_aux, "loss/dm": loss_dm,
-                                **{f"loss/reg_{k}": v for k, v in regs.items()}}.items():
-                if math.isfinite(value.item()):
-                    window.setdefault(name, []).append(value.item())
+            window.add({"loss/aux": loss_aux, "loss/dm": loss_dm, **{f"loss/reg_{k}": v for k, v in regs.items()}})
             images = step * cfg.batch_size
             if crossed(cfg.log_every) or step == total_steps:
-                logged = {k: sum(v) / len(v) for k, v in window.items()} | {"train/skipped_batches": guard.skipped}
-                window = {}
+                guard.check()
+                means, _, _ = window.read()
+                logged = means | {"train/skipped_batches": guard.skipped}
                 if truth is not None:
                     logged |= stack_errors(align(ema.cpu()), truth.cpu())
                 if heldout is not None:
@@ -150,6 +155,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
             if on_kernels is not None and (crossed(cfg.plot_every) or step == total_steps):
                 on_kernels(ema.detach().cpu(), images)
             if crossed(cfg.checkpoint_every) or step == total_steps:
+                guard.check()  # never save past a non-finite step
                 saved.save(step)
     return OperatorLearnResult(kernels=ema.detach().cpu(), steps=step, images=step * cfg.batch_size,
                                seconds=time.perf_counter() - t0,

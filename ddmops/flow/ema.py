@@ -40,11 +40,18 @@ class Ema:
         return 0.0
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, ok: torch.Tensor | None = None) -> None:
+        """Average in ``model``'s weights; ``ok`` (a device boolean) false leaves the average as
+        it was, decided on the device (a skipped batch still counts as an update)."""
         self.updates += 1
-        beta = self.current_decay()
-        for avg, cur in zip(self.model.parameters(), model.parameters()):
-            avg.lerp_(cur.detach(), 1.0 - beta)
+        rate = 1.0 - self.current_decay()
+        avgs, curs = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        if ok is None:
+            torch._foreach_lerp_(avgs, curs, rate)
+        else:
+            deltas = torch._foreach_sub(curs, avgs)
+            torch._foreach_mul_(deltas, ok.to(avgs[0].dtype) * rate)
+            torch._foreach_add_(avgs, deltas)
         for avg, cur in zip(self.model.buffers(), model.buffers()):
             avg.copy_(cur)
 

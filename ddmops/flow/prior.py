@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from ddmops.device import Precision, autocast, compiled
 from ddmops.errors import DataError
 from ddmops.flow import path as fpath
 from ddmops.flow.solver import Method, integrate
@@ -28,6 +29,20 @@ class FlowPrior(torch.nn.Module):
         self.meta = dict(meta or {})
         self.nfe = 0  # velocity evaluations, counted per image batch
         self.tile = 0  # > 0: images larger than this go through the network in blended tiles
+        object.__setattr__(self, "_call", self.net)  # not a submodule: the same weights as net
+        self.precision: Precision = "fp32"
+
+    def accelerate(self, compile: bool = False, precision: Precision = "fp32") -> "FlowPrior":
+        """Evaluate the network compiled (``torch.compile``, eager where unavailable) and/or under
+        autocast ('bf16': tensor cores on GPUs); velocities come back in the input's dtype."""
+        object.__setattr__(self, "_call", compiled(self.net, compile, "sampling"))
+        self.precision = precision
+        return self
+
+    def _net(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+             position: torch.Tensor | None) -> torch.Tensor:
+        with autocast(x.device, self.precision):
+            return self._call(x, t, labels, position).to(x.dtype)
 
     @property
     def arch(self) -> UNetArch:
@@ -39,11 +54,11 @@ class FlowPrior(torch.nn.Module):
         t = t.expand(x_t.shape[0]) if t.dim() == 0 else t
         self.nfe += 1
         if not self.tile:
-            return self.net(x_t, t, labels, position)
+            return self._net(x_t, t, labels, position)
 
         def per_tile(z: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
             n = z.shape[0] // x_t.shape[0]  # tiles are stacked tile-major along the batch
-            return self.net(z, t.repeat(n), labels.repeat(n) if labels is not None else None, position)
+            return self._net(z, t.repeat(n), labels.repeat(n) if labels is not None else None, position)
         return tiled(per_tile, x_t, self.tile, position=position)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor | float, **kw) -> torch.Tensor:

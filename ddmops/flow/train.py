@@ -13,6 +13,7 @@ import torch
 
 from ddmops.config import PriorConfig
 from ddmops.data import PatchSampler
+from ddmops.device import autocast, compiled
 from ddmops.flow.ema import Ema
 from ddmops.flow.loss import draw_noise, heldout_loss, velocity_loss
 from ddmops.flow.prior import FlowPrior
@@ -21,6 +22,7 @@ from ddmops.loop import schedule
 from ddmops.loop.checkpoint import Resumable
 from ddmops.loop.distributed import Dist
 from ddmops.loop.guard import NanGuard
+from ddmops.loop.meters import WindowMeans
 from ddmops.loop.progress import progress_bar
 from ddmops.loop.schedule import lr_factor, set_lr
 from ddmops.tracker import Tracker
@@ -45,7 +47,7 @@ class _State:
             torch.manual_seed(cfg.seed)
             self.net = VelocityUNet(arch).to(device)
         self.ema = Ema(self.net, cfg.ema.kind, cfg.ema.decay, cfg.ema.std)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.saved = Resumable(checkpoint, run_key, model=self.net, ema=self.ema, opt=self.opt,
@@ -71,14 +73,15 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
     positional = cfg.model.position_channels
     total_steps = cfg.images // per_step
     s = _State(cfg, UNetArch.from_config(cfg.model, img_channels, cfg.patch_size), device, checkpoint, run_key)
+    sampler = sampler.to(device)
     model = dist.wrap(s.net, device)
+    forward = compiled(model, cfg.compile, "prior training")
     shard = dist.shard(cfg.batch_size)
     n_params = count_parameters(s.net)
-    use_amp = device.type == "cuda" and cfg.precision != "fp32"
-    amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     start_step, val_loss, last_loss = s.step, math.nan, math.nan
-    window, window_start, t_start = [], time.perf_counter(), time.perf_counter()
+    window = WindowMeans()
+    t_start = time.perf_counter()
     if dist.is_main:
         tracker.log_metrics({"model/parameters": n_params}, step=0)
 
@@ -104,45 +107,50 @@ def train_prior(cfg: PriorConfig, sampler: PatchSampler, val_patches: torch.Tens
         while s.step < total_steps:
             set_lr(s.opt, cfg.lr * lr_factor(cfg.lr_decay, s.step, total_steps))
             s.opt.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=device)
             for micro in range(cfg.accumulation):
                 # the global batch, the same on every rank
                 if positional:
                     x, pos = sampler.sample_with_position(cfg.batch_size, s.data_gen)
-                    kw = {"position": pos[shard].to(device)}
+                    kw = {"position": pos[shard]}
                 else:
                     x, kw = sampler.sample(cfg.batch_size, s.data_gen), {}
                 eps, t = draw_noise(x.shape, s.noise_gen, cfg.time_sampling)
                 sync = micro == cfg.accumulation - 1 or dist.world == 1
                 with (contextlib.nullcontext() if sync else model.no_sync()):
-                    with torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
-                        loss = velocity_loss(model, x[shard].to(device), eps[shard], t[shard], **kw)
+                    with autocast(device, cfg.precision):
+                        loss = velocity_loss(forward, x[shard], eps[shard], t[shard], **kw)
                     scaler.scale(loss / cfg.accumulation).backward()
-                window.append(loss.item())
+                step_loss += loss.detach() / cfg.accumulation
             scaler.unscale_(s.opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(s.net.parameters(), cfg.grad_clip)
-            if guard.finite("flow-matching loss or gradient", grad_norm, s.step):  # same on every rank
+            ok = guard.ok(s.step, {"flow-matching loss or gradient": grad_norm})  # same on every rank
+            if scaler.is_enabled():  # fp16: the scaler skips steps with inf/NaN gradients itself
                 scaler.step(s.opt)
-                s.ema.update(s.net)
-            else:
-                window = [w for w in window if math.isfinite(w)]
+            else:  # decided on the device: no host synchronisation
+                s.opt.found_inf = (~ok).float()
+                s.opt.step()
+            s.ema.update(s.net, ok)
             scaler.update()
+            window.add({"loss/train": torch.where(ok, step_loss, torch.nan)})
             s.step += 1
             images = s.step * per_step
             if crossed(cfg.log_every) or s.step == total_steps:
-                last_loss = dist.mean(sum(window) / len(window)) if window else math.nan
-                elapsed = time.perf_counter() - window_start
+                guard.check()
+                means, steps, elapsed = window.read()
+                last_loss = dist.mean(means["loss/train"])
                 if dist.is_main:
                     tracker.log_metrics({"loss/train": last_loss, "lr": s.opt.param_groups[0]["lr"],
-                                         "grad_norm": grad_norm.item(),
-                                         "speed/it_per_sec": len(window) / cfg.accumulation / elapsed,
-                                         "speed/images_per_sec": len(window) * cfg.batch_size / elapsed,
+                                         "grad_norm": float(grad_norm),
+                                         "speed/it_per_sec": steps / elapsed,
+                                         "speed/images_per_sec": steps * per_step / elapsed,
                                          "train/skipped_batches": guard.skipped},
                                         step=images)
                 bar.update(s.step, f"loss {last_loss:.4f}")
-                window, window_start = [], time.perf_counter()
             if dist.is_main and (crossed(cfg.sample_every) or s.step == total_steps):
                 val_loss = evaluate()
             if dist.is_main and (crossed(cfg.checkpoint_every) or s.step == total_steps):
+                guard.check()  # never save past a non-finite step
                 s.saved.save(s.step)
 
     seconds = time.perf_counter() - t_start
