@@ -83,10 +83,15 @@ def ui(
     port: Annotated[int, typer.Option()] = 5000,
 ) -> None:
     """Open the MLflow UI on this workspace's tracking store (Ctrl-C stops it)."""
+    from ddmops.config import load_params
+    from ddmops.errors import DdmopsError
     from ddmops.ops.environment import quiet_environment
-    from ddmops.ops.tracking import default_tracking_uri
+    from ddmops.ops.tracking import default_tracking_uri, store_root
     quiet_environment()
-    root = params.resolve().parent
+    try:
+        root = store_root(params.resolve().parent, load_params(params).tracking)
+    except DdmopsError as exc:
+        fail(str(exc))
     uri = default_tracking_uri(root)
     Console().print(f"MLflow UI on http://{host}:{port}/#/experiments  (store: {uri})")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
@@ -96,8 +101,10 @@ def ui(
 
 
 def _register_subcommands() -> None:
-    from cli import psf, registry, runs, team, tune
+    from cli import device, psf, registry, restore, runs, team, tune
     app.add_typer(psf.app, name="psf")
+    device.register(app)
+    restore.register(app)
     tune.register(app)
     runs.register(app)
     team.register(app)

@@ -16,18 +16,36 @@ from cli.common import ParamsOpt, fail
 registry_app = typer.Typer(no_args_is_help=True, help="Learned operators in the MLflow model registry "
                            "(aliases `candidate`, `champion`).")
 
-TaskOpt = Annotated[str, typer.Option("--task", "-t", help="deblur, psf_grid or sr_kernel")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", "-t", help="deblur, psf_grid or sr_kernel")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="a calibrated device (`ddmops calibrate`) "
+                                                "instead of a task")]
 
 
 def _connect(params: Path):
     """Load params and point MLflow at the workspace's store. -> (Params, ddmops.ops.registry, tracking URI)"""
-    from ddmops.ops import registry
     from ddmops.config import load_params
-    from ddmops.ops.tracking import default_tracking_uri, use_tracking
+    from ddmops.ops import registry
+    from ddmops.ops.tracking import default_tracking_uri, store_root, use_tracking
     cfg = load_params(params)
-    uri = default_tracking_uri(params.resolve().parent)
+    uri = default_tracking_uri(store_root(params.resolve().parent, cfg.tracking))
     use_tracking(uri)
     return cfg, registry, uri
+
+
+def _target(params: Path, task: str | None, name: str | None):
+    """(task, device name or '', the gate) that a command addresses: a task of the synthetic
+    pipeline, or a calibrated device (its own params' gate)."""
+    from ddmops.config import load_params
+    from ddmops.errors import DdmopsError
+    from ddmops.ops import devices, registry
+    root = params.resolve().parent
+    if name:
+        task = devices.task_of(root, name)
+        gate = registry.gate_of(load_params(devices.folder(root, name) / "params.yaml").registry, task)
+        return task, name, gate
+    if not task:
+        raise DdmopsError("give --task (deblur, psf_grid, sr_kernel) or --name (a calibrated device)")
+    return task, "", registry.gate_of(load_params(params).registry, task)
 
 
 def _guard(fn):
@@ -41,7 +59,8 @@ def _guard(fn):
 
 @registry_app.command()
 def promote(
-    task: TaskOpt,
+    task: TaskOpt = None,
+    name: NameOpt = None,
     version: Annotated[Optional[str], typer.Option(help="promote this version (default: the candidate)")] = None,
     force: Annotated[bool, typer.Option(help="skip the gate (needs --reason)")] = False,
     reason: Annotated[str, typer.Option(help="why the gate is skipped; kept as a version tag")] = "",
@@ -50,9 +69,9 @@ def promote(
     """Move alias `champion` to the candidate if its gate metric (params: registry.<task>) beats the
     champion's; exits 1 when the gate refuses."""
     def go():
-        cfg, registry, _ = _connect(params)
-        return registry.promote(task, registry.gate_of(cfg.registry, task), version=version, force=force,
-                                reason=reason)
+        _, registry, _ = _connect(params)
+        target, device, gate = _target(params, task, name)
+        return registry.promote(target, gate, version=version, force=force, reason=reason, device=device)
     d = _guard(go)
     colour = {"promoted": "green", "refused": "yellow"}.get(d.outcome, "default")
     Console().print(f"{d.model} v{d.version}: [{colour}]{d.outcome}[/]: {d.message}", highlight=False)
@@ -62,38 +81,42 @@ def promote(
 
 @registry_app.command("list")
 def list_(task: Annotated[Optional[str], typer.Option("--task", "-t", help="one task (default: all)")] = None,
-          params: ParamsOpt = Path("params.yaml")) -> None:
-    """Versions of each task's model: aliases, gate metric, source run, data hash."""
+          name: NameOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Versions of each task's (or a calibrated device's) model: aliases, gate metric, source run, data hash."""
     def go():
         cfg, registry, _ = _connect(params)
+        if name:
+            target, device, gate = _target(params, None, name)
+            return registry, [(target, device, gate.metric, registry.versions(target, device))]
         tasks = [task] if task else list(registry.MODEL_NAMES)
-        return registry, [(t, registry.gate_of(cfg.registry, t).metric, registry.versions(t)) for t in tasks]
+        return registry, [(t, "", registry.gate_of(cfg.registry, t).metric, registry.versions(t)) for t in tasks]
     registry, found = _guard(go)
     out = Console()
-    for name, metric, mvs in found:
-        if not mvs and not task:
+    for target, device, metric, mvs in found:
+        if not mvs and not (task or name):
             continue
         table = Table("version", "aliases", metric, "source run", "data hash",
-                      title=f"{registry.model_name(name)} (task {name})")
+                      title=f"{registry.model_name(target, device)} (task {target})")
         for mv, aliases in mvs:
             value = registry.metric_of(mv, metric)
             table.add_row(str(mv.version), ", ".join(aliases), "-" if value is None else f"{value:.6g}",
                           (mv.run_id or "")[:8], mv.tags.get(registry.TAG_DATA_HASH, "")[:8])
         out.print(table)
-    if not any(mvs for _, _, mvs in found):
+    if not any(mvs for *_, mvs in found):
         out.print("no registered operator versions (run `ddmops run learn-operator` or `dvc repro`)")
 
 
 @registry_app.command()
-def show(task: TaskOpt,
+def show(task: TaskOpt = None, name: NameOpt = None,
          alias: Annotated[str, typer.Option(help="the version with this alias")] = "champion",
          version: Annotated[Optional[str], typer.Option(help="this version instead of an alias")] = None,
          params: ParamsOpt = Path("params.yaml")) -> None:
     """One version: aliases, source run, data hashes, metrics, promotion record."""
     def go():
         _, registry, _ = _connect(params)
-        name = registry.model_name(task)
-        return registry.model_version(f"models:/{name}/{version}" if version else f"models:/{name}@{alias}")
+        target, device, _ = _target(params, task, name)
+        model = registry.model_name(target, device)
+        return registry.model_version(f"models:/{model}/{version}" if version else f"models:/{model}@{alias}")
     mv = _guard(go)
     table = Table("field", "value", title=f"{mv.name} v{mv.version}")
     for key, value in [("aliases", ", ".join(sorted(mv.aliases))), ("source run", mv.run_id or ""),
@@ -103,7 +126,8 @@ def show(task: TaskOpt,
 
 
 def serve(
-    task: TaskOpt,
+    task: TaskOpt = None,
+    name: NameOpt = None,
     alias: Annotated[str, typer.Option(help="serve the version with this alias")] = "champion",
     port: Annotated[int, typer.Option()] = 5001,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
@@ -116,7 +140,8 @@ def serve(
 
     def go():
         _, registry, tracking = _connect(params)
-        return tracking, registry.model_version(f"models:/{registry.model_name(task)}@{alias}")
+        target, device, _ = _target(params, task, name)
+        return tracking, registry.model_version(f"models:/{registry.model_name(target, device)}@{alias}")
     tracking, mv = _guard(go)
     Console().print(f"serving {mv.name}@{alias} (version {mv.version}) on http://{host}:{port}/invocations\n"
                     f"  curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' "

@@ -19,8 +19,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _uri(params: Path) -> str:
-    from ddmops.ops.tracking import default_tracking_uri
-    return default_tracking_uri(params.resolve().parent)
+    from ddmops.config import load_params
+    from ddmops.ops.tracking import default_tracking_uri, store_root
+    return default_tracking_uri(store_root(params.resolve().parent, load_params(params).tracking))
 
 
 def _fmt(v) -> str:
@@ -63,8 +64,8 @@ def compare(
     from ddmops.ops.runs import columns, picture, resolve
     if len(refs) < 2:
         fail("compare needs at least two runs or experiments")
-    uri = _uri(params)
     try:
+        uri = _uri(params)
         groups = {ref: resolve(uri, ref, stage) for ref in refs}
         metrics, differing = columns(groups)
         png = picture(uri, groups, out)

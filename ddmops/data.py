@@ -14,7 +14,7 @@ from PIL import Image
 
 from ddmops.config import KernelSpec
 from ddmops.errors import DataError
-from ddmops.io import iter_npz, list_images, read_image, to_uint8
+from ddmops.io import iter_npz, list_images, read_image, read_image_float, to_uint8
 from ddmops.operators.blur import convolve
 from ddmops.operators.kernels import gaussian_kernel, load_kernel, motion_kernel
 
@@ -33,6 +33,26 @@ def source_images(source: str | Path, channels: int, max_side: int) -> list[tupl
     else:
         images = [(p.name, read_image(p, channels)) for p in list_images(Path(source))]
     return [(name, downscale(img, max_side)) for name, img in images]
+
+
+def observation_images(folder: Path, channels: int) -> list[tuple[str, torch.Tensor]]:
+    """A device's observations at full bit depth and native size: (name, (C, H, W) in [-1, 1]).
+    They must be at least two and of one size (one sensor); errors name the folder or file."""
+    folder = Path(folder)
+    paths = list_images(folder)
+    if len(paths) < 2:
+        raise DataError(f"{folder}: need at least 2 observed images (some are held out for testing), "
+                        f"found {len(paths)}")
+    images = []
+    for p in paths:
+        x, _ = read_image_float(p, channels)
+        images.append((str(p.relative_to(folder)), torch.from_numpy(x).permute(2, 0, 1).float() * 2 - 1))
+    sizes = {tuple(x.shape[-2:]) for _, x in images}
+    if len(sizes) > 1:
+        odd = next(name for name, x in images if tuple(x.shape[-2:]) != tuple(images[0][1].shape[-2:]))
+        raise DataError(f"{folder}: observations of one device must share one size; {images[0][0]} is "
+                        f"{'x'.join(map(str, images[0][1].shape[-2:]))}, {odd} is not (crop them alike, never resize)")
+    return images
 
 
 def downscale(img: np.ndarray, max_side: int) -> np.ndarray:

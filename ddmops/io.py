@@ -6,6 +6,7 @@ A write goes to a temporary file in the target folder, is flushed and fsynced, t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -27,6 +28,9 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file would be (mkstemp makes it private)
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
@@ -149,6 +153,62 @@ def to_uint8(arr: np.ndarray, channels: int) -> np.ndarray:
     elif channels == 1 and arr.shape[2] == 3:
         arr = np.round(arr @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
     return np.ascontiguousarray(arr)
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def read_image_float(path: Path, channels: int = 3) -> tuple[np.ndarray, int]:
+    """An image file at its full bit depth: float32 ``(H, W, channels)`` in [0, 1] and the depth
+    it was stored with (8 or 16). 16-bit: TIFF (grey or colour) or 16-bit grey PNG; colour PNGs
+    are read at 8 bits. A corrupt or missing file raises :class:`DataError` naming it."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+            arr = np.asarray(tifffile.imread(path))
+        else:
+            with Image.open(path) as im:
+                im.load()
+                arr = np.asarray(im if im.mode in ("L", "RGB", "I;16", "I;16B", "I;16L", "I") else _to_8bit_mode(im))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: not a readable image
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if arr.dtype == np.uint8:
+        depth, x = 8, arr.astype(np.float32) / 255.0
+    elif arr.dtype in (np.uint16, np.int32, np.int16) or arr.max() > 255:
+        depth, x = 16, np.clip(arr.astype(np.float32) / 65535.0, 0, 1)
+    elif np.issubdtype(arr.dtype, np.floating):
+        depth, x = 16, np.clip(arr.astype(np.float32), 0, 1)
+    else:
+        depth, x = 8, np.clip(arr.astype(np.float32) / 255.0, 0, 1)
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3 or x.shape[2] not in (1, 3, 4):
+        raise DataError(f"{path}: expected a grey or colour image, got an array of shape {arr.shape}")
+    x = x[..., :3]
+    if channels == 3 and x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    elif channels == 1 and x.shape[2] == 3:
+        x = (x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    return np.ascontiguousarray(x), depth
+
+
+def write_image(path: Path, image: np.ndarray, depth: int) -> Path:
+    """Write float ``(H, W, C)`` in [0, 1] atomically at ``depth`` bits: 8 as PNG, 16 as TIFF (the
+    suffix of ``path`` is set to match). Returns the path written."""
+    path = Path(path).with_suffix(".png" if depth == 8 else ".tif")
+    x = np.clip(np.asarray(image, dtype=np.float64), 0, 1)
+    x = x[..., 0] if x.shape[-1] == 1 else x
+    if depth == 8:
+        save_png(path, np.round(x * 255).astype(np.uint8))
+    else:
+        import tifffile
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, np.round(x * 65535).astype(np.uint16))
+        atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
+    return path
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

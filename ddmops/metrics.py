@@ -81,3 +81,23 @@ def residual_ratio(y: torch.Tensor, ax: torch.Tensor, sigma: float) -> torch.Ten
     objective that needs no ground truth."""
     rms = (y - ax).flatten(1).pow(2).mean(1).sqrt()
     return rms / max(sigma, 1e-12)
+
+
+def kernel_sanity(psfs: torch.Tensor, share: float = 0.99) -> dict[str, float]:
+    """What a kernel's shape says without a truth, averaged over PSFs (N, K, K): ``support`` (the odd
+    side of the centred square holding ``share`` of the mass, px), ``centre_offset`` (distance of the
+    centre of mass from the middle, px; a kernel far off centre shifts the image), ``mass`` (sum) and
+    ``negative`` (mass below 0)."""
+    from ddmops.operators.kernels import center_of_mass
+    k = psfs.double()
+    size = k.shape[-1]
+    c = (size - 1) / 2
+    total = k.clamp_min(0).sum((-1, -2))
+    sides = []
+    for kernel, mass in zip(k.clamp_min(0), total):
+        side = next(s for s in range(1, size + 1, 2) if kernel[(size - s) // 2:(size + s) // 2,
+                                                                (size - s) // 2:(size + s) // 2].sum() >= share * mass)
+        sides.append(side)
+    offset = (center_of_mass(k.clamp_min(0)) - c).norm(dim=-1)
+    return {"kernel/support": float(sum(sides) / len(sides)), "kernel/centre_offset": offset.mean().item(),
+            "kernel/mass": k.sum((-1, -2)).mean().item(), "kernel/negative": (-k.clamp_max(0)).sum((-1, -2)).mean().item()}

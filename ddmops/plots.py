@@ -104,34 +104,52 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
+KERNEL_TILE = 160  # the least side, in pixels, of one kernel in a picture
+
+
 def psf_mosaic(psfs: torch.Tensor, grid: tuple[int, int] | None = None, vmax: float | None = None,
-               tile: int = 48) -> np.ndarray:
-    """PSFs (N, K, K) laid out as their grid (Gy, Gx) (a row when None), each scaled to its
-    own peak unless ``vmax`` fixes one scale."""
+               tile: int = KERNEL_TILE) -> np.ndarray:
+    """PSFs (N, K, K) laid out as their grid (Gy, Gx) (a row when None), each enlarged to at least
+    ``tile`` pixels and scaled to its own peak unless ``vmax`` fixes one scale."""
     n, k = psfs.shape[0], psfs.shape[-1]
     gy, gx = grid or (1, n)
-    scale = max(1, tile // k)
-    out = np.full((gy * (k * scale + 2), gx * (k * scale + 2), 3), 255, np.uint8)
+    scale = -(-tile // k)
+    side = k * scale + 2
+    out = np.full((gy * side, gx * side, 3), 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, gx)
         p = psfs[i].float().numpy()
-        rgb = colormap(p / (vmax or max(p.max(), 1e-12)))
-        big = np.kron(rgb, np.ones((scale, scale, 1), np.uint8))
-        out[r * (k * scale + 2):r * (k * scale + 2) + k * scale, c * (k * scale + 2):c * (k * scale + 2) + k * scale] = big
+        out[r * side:r * side + k * scale, c * side:c * side + k * scale] = _enlarge(
+            colormap(p / (vmax or max(p.max(), 1e-12))), scale)
     return out
+
+
+def colour_bar(vmax: float, height: int, width: int = 18) -> np.ndarray:
+    """A vertical colour bar from 0 (bottom) to ``vmax`` (top), its ends labelled."""
+    ramp = np.repeat(np.linspace(1, 0, height)[:, None], width, axis=1)
+    bar = colormap(ramp)
+    canvas = Image.new("RGB", (width + 56, height + 2 * LABEL_H), (255, 255, 255))
+    canvas.paste(Image.fromarray(bar), (0, LABEL_H))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((width + 4, LABEL_H - 4), f"{vmax:.3g}", fill=(0, 0, 0))
+    draw.text((width + 4, height + LABEL_H - 10), "0", fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def psf_comparison(estimate: torch.Tensor, truth: torch.Tensor | None, grid: tuple[int, int] | None,
                    label: str = "estimate") -> np.ndarray:
-    """Estimate, truth and |error| PSF stacks (N, K, K) side by side, on one colour scale
-    (without a truth: the estimate alone, titled ``label``)."""
+    """Estimate, truth and |error| PSF stacks (N, K, K) side by side on one colour scale, with its
+    colour bar (without a truth: the estimate alone, titled ``label``)."""
     if truth is None:
-        return _label(psf_mosaic(estimate, grid), label)
+        vmax = max(estimate.max().item(), 1e-12)
+        panel = _label(psf_mosaic(estimate, grid, vmax), label)
+        return _hstack([panel, colour_bar(vmax, panel.shape[0] - 2 * LABEL_H)])
     k = max(estimate.shape[-1], truth.shape[-1])
     est, tru = (torch.nn.functional.pad(p, [(k - p.shape[-1]) // 2] * 4) for p in (estimate, truth))
     vmax = max(est.max().item(), tru.max().item(), 1e-12)
-    return _hstack([_label(psf_mosaic(p, grid, vmax), name) for name, p in
-                    (("estimate", est), ("truth", tru), ("|error|", (est - tru).abs()))])
+    panels = [_label(psf_mosaic(p, grid, vmax), name) for name, p in
+              (("estimate", est), ("truth", tru), ("|error|", (est - tru).abs()))]
+    return _hstack([*panels, colour_bar(vmax, panels[0].shape[0] - 2 * LABEL_H)])
 
 
 def curves_chart(rows: list[dict[str, float]], title: str = "") -> np.ndarray:

@@ -1,11 +1,14 @@
 """Stage `evaluate@<task>`: restoration and operator quality in one table.
 
-Images are compared where they overlap in the photo they were cut from (each set keeps
-its place): the observation shown at the scene's resolution (bicubic for SR), the
-restoration with the learned operator and the one with the true operator, against the
-truth. SR is scored on the luma (Y) channel with a border of the scale factor cropped.
-The learned PSFs are compared with the truth and, as floors, with a single-pixel and a
-uniform kernel.
+Synthetic observations: images are compared where they overlap in the photo they were cut
+from (each set keeps its place): the observation shown at the scene's resolution (bicubic for
+SR), the restoration with the learned operator and the one with the true operator, against the
+truth. SR is scored on the luma (Y) channel with a border of the scale factor cropped. The
+learned PSFs are compared with the truth and, as floors, with a single-pixel and a uniform kernel.
+
+Real observations (no truth): scores that need none. How well the restorations explain their
+observations through the learned operator (``residual``: rms(y - A x) / sigma per image, 1 at the
+noise level), the learner's observation gap, and the kernel's shape (support, centring, mass).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import torch.nn.functional as F
 from ddmops.config import EvaluateConfig
 from ddmops.data import load_geometry, load_image_set
 from ddmops.ddm4ip.learner import stack_errors
-from ddmops.io import save_png, write_json
-from ddmops.metrics import kernel_errors, luma, psnr, ssim
-from ddmops.operators.psf_operator import PsfOperator
+from ddmops.io import read_json, save_png, write_json
+from ddmops.metrics import kernel_errors, kernel_sanity, luma, psnr, residual_ratio, ssim
+from ddmops.operators.psf_operator import PsfOperator, field_positions
+from ddmops.ops.serving import INFO_FILE
 from ddmops.plots import image_grid
 from pipelines.context import StageContext
 
@@ -52,7 +56,8 @@ def _placed(images: torch.Tensor, geometry: torch.Tensor, truth_geometry: torch.
 
 
 def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
-    out = ctx.ws.path("reports", task)
+    if "observed" in read_json(ctx.ws.observed(task, "meta")):
+        return unsupervised(cfg, ctx, task)
     truth = torch.stack(load_image_set(ctx.ws.prepared("test")))
     t_geom = load_geometry(ctx.ws.prepared("test"))
     size = tuple(truth.shape[-2:])
@@ -92,12 +97,39 @@ def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
                                               for t in true) / len(true)}
     kernels_png = learned.picture(true_op)
 
-    write_json(out / "per_image.json", per_image)
     shown = {n: x[..., window[0], window[1]] for n, x in candidates.items()} | {"truth": ref}
-    grid_png = image_grid([{n: x[i] for n, x in shown.items()} for i in range(min(cfg.grid_images, len(truth)))])
+    report(ctx, task, per_image, [{n: x[i] for n, x in shown.items()} for i in range(min(cfg.grid_images, len(truth)))],
+           kernels_png)
+    return metrics
+
+
+def report(ctx: StageContext, task: str, per_image: list[dict], rows: list[dict[str, torch.Tensor]],
+           kernels_png) -> None:
+    """The per-image scores (a DVC plot), the restoration grid and the kernel picture, on disk and in MLflow."""
+    out = ctx.ws.path("reports", task)
+    grid_png = image_grid(rows)
+    write_json(out / "per_image.json", per_image)
     save_png(out / "restoration_grid.png", grid_png)
     save_png(out / "kernel_vs_truth.png", kernels_png)
     ctx.tracker.log_image(grid_png, "restoration_grid.png")
     ctx.tracker.log_image(kernels_png, "kernel_vs_truth.png")
     ctx.tracker.log_artifact(out / "per_image.json")
+
+
+def unsupervised(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
+    """Real observations: the restorations' data residual, the learner's scores, the kernel's shape."""
+    sigma = read_json(ctx.ws.observed(task, "meta"))["noise_sigma"]
+    y = torch.stack(load_image_set(ctx.ws.observed(task, "test")))
+    restored_file = ctx.ws.restored(task, "learned")
+    x, x_geom = torch.stack(load_image_set(restored_file)), load_geometry(restored_file)
+    learned = PsfOperator.load(ctx.ws.operator(task))
+    with torch.no_grad():
+        ax = learned.operator(field_positions(x_geom, tuple(x.shape[-2:]))).A(x)
+    residual = residual_ratio(y, ax, sigma)
+    metrics = {"residual/restored": residual.mean().item(), "noise/sigma": sigma}
+    metrics |= read_json(ctx.ws.operator(task).parent / INFO_FILE).get("scores", {})
+    metrics |= kernel_sanity(learned.psfs())
+    report(ctx, task, [{"image": i, "method": "restored", "residual": r} for i, r in enumerate(residual.tolist())],
+           [{"observation": y[i].clamp(-1, 1), "restored": x[i]} for i in range(min(cfg.grid_images, len(y)))],
+           learned.picture())
     return metrics

@@ -1,5 +1,6 @@
 """Stage `invert@<task>`: DDM4IP step 3, restoring the task's test observations with the
-learned operator, and (when the data is synthetic) with the true one, by the same solver.
+learned operator, and (when the data is synthetic) with the true one, by the same method
+(``invert.<task>.method``: pnp, pnp-bm3d or diffpir, see ddmops/inversion/methods.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from ddmops.config import InvertConfig
 from ddmops.data import load_geometry, load_image_set, save_image_set
 from ddmops.flow.prior import FlowPrior
-from ddmops.inversion.diffpir import diffpir
+from ddmops.inversion.methods import invert
 from ddmops.io import read_json, save_npz, write_json
 from ddmops.operators.psf_operator import PsfOperator, field_positions
 from pipelines.context import StageContext
@@ -49,7 +50,7 @@ def run(cfg: InvertConfig, ctx: StageContext, task: str) -> dict[str, float]:
         for i in range(len(done["parts"]) * cfg.batch_size, len(y_all), cfg.batch_size):
             sl = slice(i, i + cfg.batch_size)
             op = operator.operator(pos[sl]).to(ctx.device)
-            done["parts"].append(diffpir(y_all[sl].to(ctx.device), op, prior, cfg, sigma_n=sigma, generator=g).cpu())
+            done["parts"].append(invert(cfg, y_all[sl].to(ctx.device), op, prior, sigma=sigma, generator=g).cpu())
             saved.save(done | {"nfe": prior.nfe, "seconds": time.perf_counter() - t0}, g)
         seconds = time.perf_counter() - t0
         save_npz(ctx.ws.restored(task, name),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ddmops.config import LearnOperatorConfig
 from ddmops.data import PatchSampler, load_geometry, load_image_set
 from ddmops.ddm4ip.learner import learn_operator, stack_errors
-from ddmops.ddm4ip.models import build_model
+from ddmops.ddm4ip.models import LearnableOperator, build_model
+from ddmops.ddm4ip.spectral import SpectralTarget, fit_gaussians, spectral_target
 from ddmops.flow.prior import FlowPrior
 from ddmops.io import read_json, save_png, write_json
 from ddmops.operators.psf_operator import PsfOperator
@@ -24,12 +27,20 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     prior = FlowPrior.load(ctx.ws.prior(task), ctx.device)
     patch = int(prior.meta["patch_size"])
     model = build_model(task, cfg, torch.Generator().manual_seed(cfg.seed))
+    if model.size > model.factor * patch // 2:
+        note = (f"learn_operator.{task}: a {model.size} px kernel is wider than half the observation prior's "
+                f"{model.factor * patch} px field of view (train_prior.{task}.patch_size {patch}); the prior cannot "
+                f"hold such a blur's statistics: use patches of at least {2 * model.size // model.factor} px "
+                "(init: spectral and reg.spectral still see it)")
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+        ctx.tracker.set_tags({"ddmops.warning": note})
     clean_file = ctx.ws.prepared("clean")
     clean = PatchSampler(load_image_set(clean_file), model.crop_size(patch), flips=True,
                          geometry=load_geometry(clean_file))
     heldout_file = ctx.ws.observed(task, "test")  # real observations the prior did not see
     crops, crop_pos = PatchSampler(load_image_set(heldout_file), patch, geometry=load_geometry(heldout_file)
                                    ).sample_with_position(HELDOUT_CROPS, torch.Generator().manual_seed(cfg.seed + 3))
+    spectral = second_order(cfg, ctx, task, model, sigma)
     truth_file = ctx.ws.observed(task, "truth")
     truth = PsfOperator.load(truth_file) if truth_file.exists() else None
 
@@ -43,14 +54,16 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
         cfg, model, clean, prior, sigma=sigma, device=ctx.device, tracker=ctx.tracker,
         checkpoint=ctx.ws.checkpoint(f"learn-operator-{task}"), run_key=ctx.run_key,
         truth=truth.psfs() if truth is not None else None, align=align,
-        heldout=(crops, crop_pos if prior.arch.position_channels else None),
+        heldout=(crops, crop_pos if prior.arch.position_channels else None), spectral=spectral,
         on_kernels=lambda k, n: ctx.tracker.log_image(picture(k), f"operator/{n:09d}.png"), progress=ctx.progress,
         nan_policy=ctx.nan_policy)
     learned = model.operator_of(result.kernels)
     out = ctx.ws.operator(task)
     learned.save(out)
+    scores = {k: v for k, v in result.losses.items() if k.startswith("score/")}  # need no truth
     write_json(out.parent / INFO_FILE, {"task": task, "family": learned.family, "noise_sigma": sigma,
-                                        "shapes": {k: list(v.shape) for k, v in learned.arrays().items()}})
+                                        "shapes": {k: list(v.shape) for k, v in learned.arrays().items()},
+                                        "scores": scores})
     save_png(out.parent / "operator.png", picture(result.kernels))
     for name in (out.name, INFO_FILE, "operator.png"):
         ctx.tracker.log_artifact(out.parent / name, "operator")
@@ -61,6 +74,25 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     if ctx.register and ctx.tracker.run_id:  # a real MLflow run: a new registry version with alias `candidate`
         from ddmops.ops.registry import log_operator
         version = log_operator(learned, task=task, info={"noise_sigma": sigma}, metrics=metrics,
-                               params=flatten(to_dict(cfg)), training_data=ctx.ws.key(ctx.ws.observed(task, "train").parent))
+                               params=flatten(to_dict(cfg)), device=cfg.device,
+                               training_data=ctx.ws.key(ctx.ws.observed(task, "train").parent))
         ctx.tracker.set_tags({"ddmops.model": f"models:/{version.name}/{version.version}"})
     return metrics
+
+
+def second_order(cfg: LearnOperatorConfig, ctx: StageContext, task: str, model: LearnableOperator,
+                 sigma: float) -> SpectralTarget | None:
+    """The sets' power spectra when the config uses them (init 'spectral', reg.spectral), on the
+    largest crops both sets hold (at most 64 px); for init 'spectral' the model starts from the
+    Gaussian PSFs that fit them. Crops are drawn with the learner's seed."""
+    if cfg.init != "spectral" and cfg.reg.spectral == 0:
+        return None
+    clean, observed = load_image_set(ctx.ws.prepared("clean")), load_image_set(ctx.ws.observed(task, "train"))
+    side = min(64, min(min(y.shape[-2:]) for y in observed), min(min(x.shape[-2:]) for x in clean) // model.factor)
+    patch = side // 2 * 2
+    target = spectral_target(PatchSampler(clean, model.factor * patch),
+                             PatchSampler(observed, patch, geometry=load_geometry(ctx.ws.observed(task, "train"))),
+                             sigma, model.factor, model.grid_shape, generator=torch.Generator().manual_seed(cfg.seed))
+    if cfg.init == "spectral":
+        model.set_psfs(fit_gaussians(target, model.size))
+    return target

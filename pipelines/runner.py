@@ -19,7 +19,7 @@ from ddmops.ops.hashing import config_digest, path_digest
 from ddmops.io import write_json
 from ddmops.plots import curves_chart
 from ddmops.strict import flatten, to_dict
-from ddmops.ops.tracking import MlflowTracker
+from ddmops.ops.tracking import MlflowTracker, store_root
 from ddmops.ops.workspace import Workspace
 from pipelines import STAGES, Stage
 from pipelines.context import StageContext
@@ -77,7 +77,8 @@ def run_stage(name: str, params: Params, root: Path, item: str | None = None, de
                 **{f"ddmops.data.{k}": v for k, v in digests.items()}}
         with MlflowTracker.open(root=ws.root, experiment=params.tracking.experiment, stage=stage.output_name(item),
                                 run_key=run_key, pipeline=config_digest(to_dict(params)), tags=tags,
-                                datasets=digests, system_metrics=stage.long) as tracker:
+                                datasets=digests, system_metrics=stage.long,
+                                store=store_root(ws.root, params.tracking)) as tracker:
             tracker.log_params(flatten({**logged_params(stage, params, cfg, item), "paths": to_dict(params.paths)}))
             ctx = StageContext(ws=ws, tracker=tracker, device=dev, run_key=run_key, progress=progress, dist=dist,
                                nan_policy=nan_policy)

@@ -26,7 +26,7 @@ from ddmops.ops import study as studies
 from ddmops.config import Params
 from ddmops.device import pick_device
 from ddmops.errors import ConfigError, DdmopsError
-from ddmops.ops.tracking import MlflowTracker, annotate_run, default_tracking_uri, use_tracking
+from ddmops.ops.tracking import MlflowTracker, annotate_run, default_tracking_uri, store_root, use_tracking
 from ddmops.ops.workspace import Workspace
 from pipelines.trial import method_space, objective_fn
 from pipelines.tune_options import TuneOptions, tuned_by
@@ -63,7 +63,7 @@ def work(params: Params, root: Path, opts: TuneOptions, parent: str, worker: int
     """One worker: trials until the study holds ``n_trials`` (queued retries first)."""
     if opts.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.workers))
-    use_tracking(default_tracking_uri(root))
+    use_tracking(default_tracking_uri(store_root(root, params.tracking)))
     study = _open(root, opts, seed=opts.seed + worker)
     objective = objective_fn(params, root, opts, parent, pick_device(opts.device))
     while True:
@@ -127,9 +127,10 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
         tags["ddmops.method"] = opts.method
     outer = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: its run is the parent
     if outer:
-        use_tracking(default_tracking_uri(root))
+        use_tracking(default_tracking_uri(store_root(root, params.tracking)))
         annotate_run(outer, tags={"ddmops.ops.study": f"{opts.study_name}-{study.user_attrs['uid']}", **tags})
-    parent = outer or MlflowTracker.study_parent(root=root, experiment=params.tracking.experiment,
+    parent = outer or MlflowTracker.study_parent(root=store_root(root, params.tracking),
+                                                 experiment=params.tracking.experiment,
                                                  study=f"{opts.study_name}-{study.user_attrs['uid']}", tags=tags)
     procs = [multiprocessing.get_context("spawn").Process(
         target=_worker_main, args=(str(params_path), overrides, str(root), opts, parent, i))

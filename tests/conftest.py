@@ -28,7 +28,7 @@ TINY = [
     "learn_operator.deblur.kernel_size=5", "learn_operator.psf_grid.kernel_size=5",
     "learn_operator.psf_grid.grid=[2, 2]", "learn_operator.sr_kernel.sr_struct=[3, 3, 1]",
     "learn_operator.sr_kernel.sr_channels=4",
-    *[f"invert.{t}.{k}" for t in ("deblur", "psf_grid", "sr_kernel") for k in ("steps=3", "cg_iters=5")],
+    *[f"invert.{t}.pnp.{k}" for t in ("deblur", "psf_grid", "sr_kernel") for k in ("iterations=3", "cg_iters=5")],
     "restore.images=1", "restore.batch_size=1", "restore.tile=24", "invert.deblur.tile=24",  # 40 px in tiles
     *[f"restore.{t}.{k}" for t in ("gaussian_deblur", "motion_deblur", "nonlinear_deblur", "inpainting",
                                    "superres", "phase_retrieval") for k in (
@@ -53,8 +53,9 @@ def write_workspace(path: Path, overrides: list[str] = ()) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", path / "dvc.yaml")
-    (path / "data" / "source").mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "data" / "source" / "README.md", path / "data" / "source" / "README.md")
+    for folder in ("source", "observed"):  # dvc.yaml dependencies
+        (path / "data" / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "data" / folder / "README.md", path / "data" / folder / "README.md")
     return path / "params.yaml"
 
 

@@ -35,7 +35,7 @@ def test_unknown_key_names_path_and_suggestion(tmp_path):
     ("learn_operator.deblur.betas=[0.9]", "expected 2 values"),
     ("prepare.test_fraction=1.5", "must lie in"),
     ("invert=3", "expected a mapping"),
-    ("invert.deblur.steps=-3", "'invert.deblur': steps must be > 0"),
+    ("invert.deblur.pnp.iterations=-3", "'invert.deblur.pnp': iterations must be > 0"),
     ("restore.inpainting.dcdp.momentum=1.5", "momentum must be in \\[0, 1\\]"),
     ("restore.inpainting.dcdp.tweedie.t_end=900", "dcdp': tweedie: need 0 <= t_end <= t_start"),
     ("restore.inpainting.dcdp.tweedie.lr=-1", "dcdp': tweedie: lr must be > 0"),

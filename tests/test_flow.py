@@ -137,22 +137,26 @@ def test_ema_classic_average():
     assert ema.model.weight.item() == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("size, tile", [((40, 40), 16), ((37, 29), 16), ((16, 50), 16), ((12, 12), 16)])
-def test_tiles_blend_to_the_pointwise_function_exactly(size, tile, generator):
-    """Blending weights sum to one everywhere: a pixel-wise function comes back unchanged, maps
-    (field positions) are cropped with the image."""
+# image size, tile side -> tiles: offsets every 12 px (a quarter of 16 overlapping), the last one flush
+# with the far edge (40: 0, 12, 24; 37: 0, 12, 21; 29: 0, 12, 13; 50: 0, 12, 24, 34); at most a tile: whole
+@pytest.mark.parametrize("size, tile, tiles", [((40, 40), 16, 9), ((37, 29), 16, 9), ((16, 50), 16, 4),
+                                               ((12, 12), 16, 1)])
+def test_tiles_blend_to_the_pointwise_function_exactly(size, tile, tiles, generator):
+    """The function sees tile-sized crops, all in one batch, with the field positions cropped
+    alike; blending weights sum to one everywhere, so a pixel-wise function comes back unchanged."""
     x = torch.randn(2, 3, *size, generator=generator)
     pos = torch.rand(2, 2, *size, generator=generator)
     calls = []
 
     def fn(z, position):
         calls.append(z.shape)
-        assert z.shape[-2:] == position.shape[-2:] and max(z.shape[-2:]) <= tile or z.shape == x.shape
+        assert z.shape[-2:] == position.shape[-2:]
         return torch.tanh(z) * position[:, :1] + position[:, 1:]
 
     out = tiled(fn, x, tile, position=pos)
     torch.testing.assert_close(out, torch.tanh(x) * pos[:, :1] + pos[:, 1:], rtol=1e-6, atol=1e-6)
-    assert len(calls) == 1  # every tile in one batch
+    expected = (2 * tiles, 3, min(tile, size[0]), min(tile, size[1])) if tiles > 1 else x.shape
+    assert calls == [expected]  # every tile in one batch
 
 
 def test_tiled_prior_is_seamless_and_counts_one_evaluation(generator):
@@ -162,8 +166,12 @@ def test_tiled_prior_is_seamless_and_counts_one_evaluation(generator):
     prior = FlowPrior(net)
     x, t = torch.randn(1, 3, 48, 48, generator=generator), torch.tensor([0.5])
     whole = prior.velocity(x, t)
+    seen = []
+    hook = net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
     prior.tile, prior.nfe = 16, 0
     tiles = prior.velocity(x, t)
+    hook.remove()
+    assert seen == [(16, 3, 16, 16)]  # 4 x 4 tiles of 16 px (offsets 0, 12, 24, 32), one batch
     assert prior.nfe == 1 and tiles.shape == whole.shape
     # near tile borders the network sees less context; overlapping, blended tiles stay far closer
     # to the whole-image velocity than hard-edged ones

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddmops.config import DcdpConfig, DpsConfig, InvertConfig
+from ddmops.config import DcdpConfig, DiffPirConfig, DpsConfig
 from ddmops.flow import path as fpath
 from ddmops.inversion.cg import solve_normal
 from ddmops.inversion.dcdp import dcdp, purification_schedule, purify
@@ -78,7 +78,7 @@ def test_diffpir_samples_the_gaussian_posterior(generator):
     op, x, y, post_mean, mmse = gaussian_problem(generator)
     assert abs(((post_mean - x) ** 2).mean().item() / mmse - 1) < 0.2  # the closed form is right
     prior, runs = GaussianPrior(0.1, 0.5), 8
-    cfg = InvertConfig(steps=50, lam=1.0, zeta=0.3, cg_iters=50)
+    cfg = DiffPirConfig(steps=50, lam=1.0, zeta=0.3, cg_iters=50)
     samples = torch.stack([diffpir(y, op, prior, cfg, sigma_n=0.05, generator=torch.Generator().manual_seed(10 + k))
                            for k in range(runs)])
     single = ((samples[0] - x) ** 2).mean().item() / mmse

@@ -186,3 +186,51 @@ def test_resize_kernel_keeps_centre():
     big = resize_kernel(k, 9)
     assert big.shape == (9, 9) and torch.allclose(big[2:7, 2:7], k)
     torch.testing.assert_close(resize_kernel(big, 5), k)
+
+
+def test_fft_blur_matches_scipy_and_its_adjoint_is_the_correlation(generator):
+    """Wide kernels go through the FFT: 'circular' and 'valid' blur against scipy's direct
+    convolution, and the adjoint against scipy's correlation (not autograd's own transpose)."""
+    from scipy import ndimage, signal
+    k = torch.rand(13, 13, generator=generator, dtype=torch.float64)
+    assert k.shape[-1] >= FFT_MIN_SIDE
+    x = torch.randn(1, 2, 23, 19, generator=generator, dtype=torch.float64)
+    kn, xn = k.numpy(), x.numpy()[0]
+    circular = Blur(k, "circular").double()
+    np.testing.assert_allclose(circular.A(x)[0].numpy(), [ndimage.convolve(c, kn, mode="wrap") for c in xn],
+                               atol=1e-10)
+    y = torch.randn(1, 2, 23, 19, generator=generator, dtype=torch.float64)
+    np.testing.assert_allclose(circular.A_adjoint(y)[0].numpy(),
+                               [ndimage.correlate(c, kn, mode="wrap") for c in y.numpy()[0]], atol=1e-10)
+    valid = Blur(k, "valid").double()
+    np.testing.assert_allclose(valid.A(x)[0].numpy(), [signal.convolve2d(c, kn, mode="valid") for c in xn],
+                               atol=1e-10)
+    yv = torch.randn(1, 2, 11, 7, generator=generator, dtype=torch.float64)
+    np.testing.assert_allclose(valid.A_adjoint(yv)[0].numpy(),
+                               [signal.correlate2d(c, kn, mode="full") for c in yv.numpy()[0]], atol=1e-10)
+
+
+def test_psf_grid_is_the_per_pixel_interpolated_blur_and_its_adjoint_the_transpose(generator):
+    """PsfGrid against its definition, built independently: output pixel p is blurred by the PSF
+    bilinearly interpolated at p's field position (psf_grid_math, numpy); A and A^T against that
+    explicit matrix M and its transpose."""
+    from ddmops.operators.psf_grid import PsfGrid, position_map
+    from ddmops.operators.psf_grid_math import psf_at
+    grid = torch.rand(3, 2, 5, 5, generator=generator, dtype=torch.float64)
+    grid = grid / grid.sum((-1, -2), keepdim=True)
+    h, w, k = 12, 9, 5
+    pos = position_map(h, w, 4.0, 2.0, 30.0, 20.0)[None].double()  # a crop inside a larger field
+    op = PsfGrid(grid, pos).double()
+    oh, ow = h - k + 1, w - k + 1
+    matrix = np.zeros((oh * ow, h * w))
+    for i in range(oh):
+        for j in range(ow):
+            px, py = pos[0, :, i + k // 2, j + k // 2].tolist()  # the centre of p's window
+            psf = psf_at(grid.numpy(), px, py)  # clipped at 0: the node PSFs are non-negative already
+            for a in range(k):
+                for b in range(k):  # true convolution: y[i, j] = sum psf[a, b] x[i + k-1-a, j + k-1-b]
+                    matrix[i * ow + j, (i + k - 1 - a) * w + (j + k - 1 - b)] += psf[a, b]
+    x = torch.randn(1, 1, h, w, generator=generator, dtype=torch.float64)
+    np.testing.assert_allclose(op.A(x).flatten().numpy(), matrix @ x.flatten().numpy(), atol=1e-10)
+    y = torch.randn(1, 1, oh, ow, generator=generator, dtype=torch.float64)
+    np.testing.assert_allclose(op.A_adjoint(y).flatten().numpy(), matrix.T @ y.flatten().numpy(), atol=1e-10)

@@ -17,10 +17,12 @@ from tests.conftest import write_workspace
 BIN = Path(sys.executable).parent
 
 
-def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def sh(cmd: list[str], cwd: Path, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` with this interpreter's scripts first on PATH, the workspace's own
+    tracking store (no MLFLOW_TRACKING_URI) and the variables of ``env``."""
+    full = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    full.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(cmd, cwd=cwd, env={**full, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from ddmops.config.data import (DegradeConfig, KernelSpec, Paths, PrepareConfig, PsfGridSpec, SrSpec,
-                                TrackingConfig)
-from ddmops.config.ddm4ip import (DDM4IP_TASKS, DOMAINS, EmaConfig, EvaluateConfig, InvertConfig, InvertTasks,
-                                  KernelRegConfig, LearnOperatorConfig, LearnOperatorTasks, PriorConfig,
-                                  TrainPriorConfig, UNetConfig)
+from ddmops.config.data import (DeblurSpec, DegradeConfig, KernelSpec, ObservationsConfig, Paths, PrepareConfig,
+                                PsfGridSpec, SrSpec, TrackingConfig)
+from ddmops.config.ddm4ip import (DDM4IP_TASKS, DOMAINS, INVERT_METHODS, DiffPirConfig, EmaConfig, EvaluateConfig,
+                                  InvertConfig, InvertTasks, KernelRegConfig, LearnOperatorConfig, LearnOperatorTasks,
+                                  PnpConfig, PriorConfig, TrainPriorConfig, UNetConfig)
 from ddmops.config.restore import TASKS, DcdpConfig, DpsConfig, RestoreConfig, TaskConfig, TaskOperatorConfig
 from ddmops.config.selection import (TUNED_TASKS, GateConfig, ParamSpec, RegistryConfig, Space, TuneConfig,
                                      tuned_sections)
@@ -26,9 +26,12 @@ from ddmops.errors import ConfigError
 from ddmops.strict import apply_overrides, from_dict, set_path, to_dict
 
 __all__ = [
-    "DDM4IP_TASKS", "DOMAINS", "TASKS", "TUNED_TASKS", "DcdpConfig", "DegradeConfig", "DpsConfig", "EmaConfig",
+    "DDM4IP_TASKS", "DOMAINS", "INVERT_METHODS", "TASKS", "TUNED_TASKS", "DcdpConfig", "DeblurSpec", "DegradeConfig",
+    "DiffPirConfig", "ObservationsConfig",
+    "DpsConfig", "EmaConfig",
     "EvaluateConfig", "GateConfig", "InvertConfig", "InvertTasks", "KernelRegConfig", "KernelSpec",
-    "LearnOperatorConfig", "LearnOperatorTasks", "ParamSpec", "Params", "Paths", "PrepareConfig", "PriorConfig",
+    "LearnOperatorConfig", "LearnOperatorTasks", "ParamSpec", "Params", "Paths", "PnpConfig", "PrepareConfig",
+    "PriorConfig",
     "PsfGridSpec", "RegistryConfig", "RestoreConfig", "Space", "SrSpec", "TaskConfig", "TaskOperatorConfig",
     "TrackingConfig", "TrainPriorConfig", "TuneConfig", "UNetConfig", "check_spaces", "expand_overrides",
     "load_params", "read_params_dict", "tuned_sections",

@@ -14,6 +14,7 @@ class Paths:
     """Where stages read and write, relative to the workspace (the folder of params.yaml)."""
 
     source: str = "data/source"  # folder of user images (see prepare.source)
+    observed: str = "data/observed"  # folders of a device's real observations (degrade.<task>.observed)
     prepared: str = "data/prepared"
     degraded: str = "data/degraded"  # one folder per DDM4IP task
     priors: str = "models/priors"
@@ -30,6 +31,9 @@ class Paths:
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment: str = "ddmops"
+    # folder of the embedded store (mlruns.db, artifacts in mlruns/), relative to the workspace; a
+    # device workspace (`ddmops calibrate`) points at its parent's, so one registry holds every device
+    root: str = "."
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,30 @@ class KernelSpec:
             raise ValueError(f"kernel.intensity must lie in [0, 1], got {self.intensity}")
         if self.kind == "file" and not self.path:
             raise ValueError("kernel.kind 'file' needs kernel.path")
+
+
+@dataclass(frozen=True)
+class DeblurSpec(KernelSpec):
+    """The uniform blur of task `deblur`: synthetic (a kernel spec), or real (``observed``)."""
+
+    observed: str = ""  # a folder of real observations (not synthesised; no truth)
+
+
+@dataclass(frozen=True)
+class ObservationsConfig:
+    """How a folder of real observations is cut. Observations are never resized (a resize would
+    change the operator to learn): tiles and crops at their native resolution."""
+
+    tile_size: int = 64  # training observations: non-overlapping tiles of this side
+    test_fraction: float = 0.2  # share of the images held out for test crops
+    test_crops: int = 4
+    test_size: int = 64
+    noise_sigma: float | None = None  # None: estimated from the observations (wavelet MAD, logged)
+
+    def __post_init__(self):
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        check_ranges(self, positive=("tile_size", "test_crops", "test_size"), nonnegative=("noise_sigma",))
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,7 @@ class PsfGridSpec:
     coma: float = 0.3
     seed: int = 0
     path: str = ""  # a measured grid (.npy (Gy, Gx, K, K), e.g. from `ddmops psf add`) instead
+    observed: str = ""  # a folder of real observations (not synthesised; no truth)
 
     def __post_init__(self):
         if self.size < 1 or self.size % 2 == 0 or min(self.grid) < 1:
@@ -105,6 +134,7 @@ class SrSpec:
     noise: float = 0.0  # multiplicative noise on the kernel's entries
     seed: int = 0
     path: str = ""  # a kernel file (.npy (K, K)) instead
+    observed: str = ""  # a folder of real observations (not synthesised; no truth)
 
     def __post_init__(self):
         if self.factor < 1 or (self.size and self.size % 2 == 0):
@@ -115,9 +145,10 @@ class SrSpec:
 class DegradeConfig:
     """The forward models the DDM4IP tasks must recover, applied to the degraded pieces."""
 
-    noise_sigma: float = 0.02
+    noise_sigma: float = 0.02  # of synthesised observations
     seed: int = 0  # the measurement noise
-    deblur: KernelSpec = field(default_factory=KernelSpec)
+    observations: ObservationsConfig = field(default_factory=ObservationsConfig)  # real ones (a task's `observed`)
+    deblur: DeblurSpec = field(default_factory=DeblurSpec)
     psf_grid: PsfGridSpec = field(default_factory=PsfGridSpec)
     sr_kernel: SrSpec = field(default_factory=SrSpec)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ddmops.config.restore import DcdpConfig, DpsConfig
 from ddmops.strict import check_ranges
 
 
@@ -86,9 +87,11 @@ class KernelRegConfig:
     center: float = 0.01  # squared distance of the centre of mass from the kernel centre (px)
     gaussian: float = 0.0  # spread around the centre of mass
     sum_to_one: float = 0.0  # |sum(k_raw) - 1| before normalisation
+    spectral: float = 0.0  # log-spectrum misfit to the unpaired sets' second-order statistics (ddm4ip/spectral.py)
 
     def __post_init__(self):
-        check_ranges(self, positive=("sparse_p",), nonnegative=("sparse", "center", "gaussian", "sum_to_one"))
+        check_ranges(self, positive=("sparse_p",),
+                     nonnegative=("sparse", "center", "gaussian", "sum_to_one", "spectral"))
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ class LearnOperatorConfig:
     sr_kernel (whose kernel size follows from ``sr_struct``)."""
 
     kernel_size: int = 9
-    init: Literal["gaussian", "uniform", "random"] = "gaussian"
+    # spectral: anisotropic Gaussians fitted to the clean and observed power spectra (second-order
+    # distribution matching); gaussian: a broad centred one; uniform; random
+    init: Literal["spectral", "gaussian", "uniform", "random"] = "gaussian"
     param: Literal["abs", "softmax"] = "abs"  # kernel = |raw| / sum|raw| (DDM4IP) or softmax(raw)
     grid: tuple[int, int] = (4, 4)
     factor: int = 2  # the (known) scale of the SR task
@@ -114,6 +119,7 @@ class LearnOperatorConfig:
     reg: KernelRegConfig = field(default_factory=KernelRegConfig)
     precision: Literal["fp32", "bf16"] = "fp32"  # autocast of the networks on GPU only
     compile: bool = False  # torch.compile both networks (falls back to eager where unavailable)
+    device: str = ""  # a calibrated device (`ddmops calibrate`): registers as its model, ddmops-psf-<device>
     log_every: int = 1_024
     plot_every: int = 8_192
     checkpoint_every: int = 8_192
@@ -136,13 +142,44 @@ class LearnOperatorTasks:
 
 
 @dataclass(frozen=True)
-class InvertConfig:
-    """DiffPIR-style plug-and-play restoration with the clean flow prior (DDM4IP step 3)."""
+class PnpConfig:
+    """Plug-and-play half-quadratic splitting (DPIR's schedule) with the clean prior as denoiser."""
+
+    iterations: int = 8  # denoiser calls, at levels geometric from sigma_start to the noise level
+    lam: float = 0.23  # data-step weight rho_k = lam sigma^2 / sigma_k^2 (DPIR's)
+    sigma_start: float = 0.384  # first denoising level ([-1, 1] units: DPIR's 49 / 255 on [0, 1])
+    cg_iters: int = 20  # conjugate-gradient iterations per data step
+
+    def __post_init__(self):
+        check_ranges(self, positive=("iterations", "lam", "sigma_start", "cg_iters"))
+
+
+@dataclass(frozen=True)
+class DiffPirConfig:
+    """DiffPIR (stochastic re-noising between proximal steps) with the clean flow prior."""
 
     steps: int = 20
     lam: float = 7.0  # data-term weight rho_k = lam * sigma_n^2 / sigma_k^2 (sigmas in [-1, 1] units)
     zeta: float = 0.3  # share of fresh noise when re-noising
     cg_iters: int = 20
+
+    def __post_init__(self):
+        check_ranges(self, positive=("steps", "lam", "cg_iters"), unit=("zeta",))
+
+
+INVERT_METHODS: tuple[str, ...] = ("pnp", "pnp-bm3d", "diffpir", "dcdp-ode", "dcdp-tweedie", "dps")
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    """DDM4IP step 3: restoration with the learned operator and the clean prior."""
+
+    # pnp-bm3d: BM3D as the denoiser (no prior); dcdp-*, dps: the restoration tasks' methods
+    method: Literal["pnp", "pnp-bm3d", "diffpir", "dcdp-ode", "dcdp-tweedie", "dps"] = "pnp"
+    pnp: PnpConfig = field(default_factory=PnpConfig)
+    diffpir: DiffPirConfig = field(default_factory=DiffPirConfig)
+    dcdp: DcdpConfig = field(default_factory=DcdpConfig)
+    dps: DpsConfig = field(default_factory=DpsConfig)
     noise_sigma: float | None = None  # None: the level the data was made with (degrade)
     operator: str = ""  # "" = this workspace's learned operator; else a file, folder, models:/ or runs:/ URI
     batch_size: int = 4
@@ -152,8 +189,7 @@ class InvertConfig:
     compile: bool = False  # torch.compile the prior (eager where unavailable)
 
     def __post_init__(self):
-        check_ranges(self, positive=("steps", "lam", "cg_iters", "batch_size"), nonnegative=("noise_sigma", "tile"),
-                     unit=("zeta",))
+        check_ranges(self, positive=("batch_size",), nonnegative=("noise_sigma", "tile"))
 
 
 @dataclass(frozen=True)

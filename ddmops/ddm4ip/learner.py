@@ -22,6 +22,7 @@ from ddmops.data import PatchSampler
 from ddmops.ddm4ip.models import LearnableOperator
 from ddmops.device import autocast, compiled
 from ddmops.ddm4ip.objective import distribution_matching_loss, kernel_regularisers
+from ddmops.ddm4ip.spectral import SpectralTarget
 from ddmops.flow.loss import flow_matching_loss, heldout_loss
 from ddmops.flow.prior import FlowPrior
 from ddmops.loop import schedule
@@ -55,6 +56,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
                    align: Callable[[torch.Tensor], torch.Tensor] = lambda k: k,
                    on_kernels: Callable[[torch.Tensor, int], None] | None = None,
                    heldout: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                   spectral: SpectralTarget | None = None,
                    progress: bool = True, nan_policy: str = "stop") -> OperatorLearnResult:
     """Learn ``model``'s parameters. ``clean`` samples crops of model.crop_size(P) for the
     prior's patch size P; ``truth`` (N, K, K), when known, only feeds the logged error curves,
@@ -63,7 +65,9 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
     ``heldout``: real observation crops (M, C, P, P) the prior was not trained on, with their
     positions (M, 2, P, P) or None; each log step then records ``score/observation_gap``, a
     score needing no truth: the relative gap between v_pre's flow-matching loss on simulated
-    observations (fixed crops and noise) and on these real ones (0 when they look alike)."""
+    observations (fixed crops and noise) and on these real ones (0 when they look alike).
+
+    ``spectral``: the sets' second-order statistics, for the regulariser ``reg.spectral``."""
     data_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     model, clean = model.to(device), clean.to(device)
@@ -130,7 +134,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
             with autocast(device, cfg.precision):
                 loss_dm = distribution_matching_loss(y, lambda z, t: aux_net(z, t, position=pos),
                                                      lambda z, t: pre_net(z, t, position=pos), noise_gen)
-            regs = kernel_regularisers(model.kernels(), model.unnormalised(), cfg.reg)
+            regs = kernel_regularisers(model.kernels(), model.unnormalised(), cfg.reg, spectral)
             opt_k.zero_grad(set_to_none=True)
             (loss_dm + sum(regs.values())).backward()
             ok = guard.ok(step, {"distribution-matching loss": loss_dm, **{f"{k} regulariser": v for k, v in regs.items()}})

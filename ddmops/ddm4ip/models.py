@@ -38,6 +38,7 @@ class KernelModel(torch.nn.Module):
 
     family = BlurKernel.family
     needs_position = False
+    factor, grid_shape = 1, (1, 1)
 
     def __init__(self, size: int, init: str, generator: torch.Generator, param: str = "abs"):
         super().__init__()
@@ -66,6 +67,12 @@ class KernelModel(torch.nn.Module):
     def operator_of(self, psfs: torch.Tensor) -> PsfOperator:
         return BlurKernel.from_psfs(psfs)
 
+    @torch.no_grad()
+    def set_psfs(self, psfs: torch.Tensor) -> None:
+        """Start from PSFs (1, K, K) (non-negative, summing to 1)."""
+        k = psfs[0].to(self.raw)
+        self.raw.copy_(k.clamp_min(1e-8).log() if self.param == "softmax" else k)
+
 
 class PsfGridModel(torch.nn.Module):
     """A (Gy, Gx, K, K) grid of PSFs; a crop is blurred with the PSF interpolated at its
@@ -73,6 +80,7 @@ class PsfGridModel(torch.nn.Module):
 
     family = PsfGridKernels.family
     needs_position = True
+    factor = 1
 
     def __init__(self, grid: tuple[int, int], size: int, init: str, generator: torch.Generator):
         super().__init__()
@@ -100,6 +108,11 @@ class PsfGridModel(torch.nn.Module):
     def operator_of(self, psfs: torch.Tensor) -> PsfOperator:
         return PsfGridKernels.from_psfs(psfs, grid=self.grid_shape)
 
+    @torch.no_grad()
+    def set_psfs(self, psfs: torch.Tensor) -> None:
+        """Start from node PSFs (Gy * Gx, K, K), row by row."""
+        self.raw.copy_(psfs.reshape(self.raw.shape).to(self.raw))
+
 
 class SrKernelModel(torch.nn.Module):
     """KernelGAN's deep linear generator: bias-free convolutions applied to each channel,
@@ -108,6 +121,7 @@ class SrKernelModel(torch.nn.Module):
 
     family = SrKernel.family
     needs_position = False
+    grid_shape = (1, 1)
 
     def __init__(self, factor: int, generator: torch.Generator, struct: tuple[int, ...] = (7, 5, 3, 1, 1, 1),
                  channels: int = 64, init: str = "gaussian"):
@@ -154,16 +168,31 @@ class SrKernelModel(torch.nn.Module):
         clipped at 0 and scaled to sum 1."""
         return SrKernel.from_psfs(psfs, factor=self.factor)
 
+    def set_psfs(self, psfs: torch.Tensor, steps: int = 500) -> None:
+        """Start from an effective kernel (1, K, K): the layers are fitted to it by least squares."""
+        target = psfs[0].to(self.layers[0])
+        opt = torch.optim.Adam(self.layers.parameters(), lr=1e-3)
+        for _ in range(steps):
+            loss = (self.effective_kernel() - target).pow(2).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
 
 LearnableOperator = KernelModel | PsfGridModel | SrKernelModel
 
 MODELS: dict[str, Callable[[LearnOperatorConfig, torch.Generator], LearnableOperator]] = {
-    "deblur": lambda cfg, g: KernelModel(cfg.kernel_size, cfg.init, g, cfg.param),
-    "psf_grid": lambda cfg, g: PsfGridModel(cfg.grid, cfg.kernel_size, cfg.init, g),
+    "deblur": lambda cfg, g: KernelModel(cfg.kernel_size, _start(cfg.init), g, cfg.param),
+    "psf_grid": lambda cfg, g: PsfGridModel(cfg.grid, cfg.kernel_size, _start(cfg.init), g),
     "sr_kernel": lambda cfg, g: SrKernelModel(cfg.factor, g, cfg.sr_struct, cfg.sr_channels, "gaussian"),
 }
 
 
+def _start(init: str) -> str:
+    return "gaussian" if init == "spectral" else init  # the spectral PSFs come later (set_psfs)
+
+
 def build_model(task: str, cfg: LearnOperatorConfig, generator: torch.Generator) -> LearnableOperator:
-    """The learnable forward model of DDM4IP task ``task``."""
+    """The learnable forward model of DDM4IP task ``task`` (for init 'spectral': a broad Gaussian
+    until :meth:`set_psfs` gives it the spectral estimate)."""
     return MODELS[task](cfg, generator)

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from ddmops.config import KernelRegConfig
+from ddmops.ddm4ip.spectral import SpectralTarget, spectral_loss
 from ddmops.flow import path as fpath
 from ddmops.operators.kernels import center_of_mass
 
@@ -30,13 +31,16 @@ def distribution_matching_loss(y: torch.Tensor, v_aux: Velocity, v_pre: Velocity
     return torch.mean(diff * y)
 
 
-def kernel_regularisers(kernel: torch.Tensor, raw: torch.Tensor, reg: KernelRegConfig) -> dict[str, torch.Tensor]:
-    """Weighted penalties on a normalised kernel (..., K, K) and its raw parameter.
+def kernel_regularisers(kernel: torch.Tensor, raw: torch.Tensor, reg: KernelRegConfig,
+                        spectral: SpectralTarget | None = None) -> dict[str, torch.Tensor]:
+    """Weighted penalties on normalised kernels (N, K, K) and their raw parameter.
 
     sparse: mean |k|^p (p < 1 shrinks small entries; with sum(k) = 1, p = 1 is constant);
     center: squared pixel distance of the centre of mass from the kernel centre;
     gaussian: spread of the mass around its centre of mass (coordinates in [-1, 1]);
-    sum_to_one: |sum(raw) - 1|.
+    sum_to_one: |sum(raw) - 1|;
+    spectral: the kernels' misfit to the second-order statistics of the unpaired sets
+    (:func:`ddmops.ddm4ip.spectral.spectral_loss`; needs ``spectral``).
     """
     terms: dict[str, torch.Tensor] = {}
     size = kernel.shape[-1]
@@ -53,4 +57,8 @@ def kernel_regularisers(kernel: torch.Tensor, raw: torch.Tensor, reg: KernelRegC
         terms["gaussian"] = reg.gaussian * ((dy + dx) * kernel).sum((-1, -2)).mean()
     if reg.sum_to_one > 0:
         terms["sum_to_one"] = reg.sum_to_one * (raw.sum((-1, -2)) - 1).abs().mean()
+    if reg.spectral > 0:
+        if spectral is None:
+            raise ValueError("reg.spectral needs the sets' spectra (spectral_target)")
+        terms["spectral"] = reg.spectral * spectral_loss(kernel, spectral)
     return terms

@@ -11,23 +11,14 @@ fresh noise (share ``zeta``).
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
 
+from ddmops.config import DiffPirConfig
 from ddmops.flow import path as fpath
 from ddmops.flow.prior import FlowPrior
 from ddmops.inversion.cg import solve_normal
 from ddmops.operators.base import Operator
-
-
-class DiffPirSettings(Protocol):
-    """What DiffPIR reads (``invert.<task>`` of params.yaml has these)."""
-
-    steps: int  # prior evaluations
-    lam: float  # data-term weight rho_k = lam * sigma_n^2 / sigma_k^2
-    zeta: float  # share of fresh noise when re-noising
-    cg_iters: int  # conjugate-gradient iterations of each proximal step
 
 
 def diffpir_sigmas(steps: int, num_train: int = 1000) -> torch.Tensor:
@@ -40,7 +31,7 @@ def diffpir_sigmas(steps: int, num_train: int = 1000) -> torch.Tensor:
 
 
 @torch.no_grad()
-def diffpir(y: torch.Tensor, op: Operator, prior: FlowPrior, cfg: DiffPirSettings, *, sigma_n: float,
+def diffpir(y: torch.Tensor, op: Operator, prior: FlowPrior, cfg: DiffPirConfig, *, sigma_n: float,
             generator: torch.Generator) -> torch.Tensor:
     """Restore x from y = A(x) + sigma_n n with ``cfg``'s steps, lam, zeta and cg_iters.
     y: (B, C, h, w) -> x: op.input_shape(y.shape) in [-1, 1]."""

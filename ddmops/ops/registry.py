@@ -81,9 +81,12 @@ with _quiet_type_hints():
                 raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 
 
-def model_name(task: str) -> str:
+def model_name(task: str, device: str = "") -> str:
+    """The registered model of a task (the synthetic pipeline's), or of a calibrated device."""
     if task not in MODEL_NAMES:
         raise DdmopsError(f"unknown task {task!r}; tasks: {', '.join(MODEL_NAMES)}")
+    if device:
+        return f"ddmops-{'sr' if task == 'sr_kernel' else 'psf'}-{device}"
     return MODEL_NAMES[task]
 
 
@@ -95,21 +98,22 @@ def gate_of(cfg: RegistryConfig, task: str) -> GateConfig:
 
 def log_operator(operator: PsfOperator, *, task: str, info: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,
-                 training_data: str | None = None) -> ModelVersion:
+                 training_data: str | None = None, device: str = "") -> ModelVersion:
     """Log ``operator`` as a pyfunc model in the active run (a new run if none) and register it
-    as a new version of ``task``'s model, with alias ``candidate``.
+    as a new version of ``task``'s model (or of ``device``'s, see :func:`model_name`), with alias
+    ``candidate``.
 
     ``metrics`` and the run's input digests (tags ``ddmops.data.<path>``) become version tags;
     ``training_data`` names the input whose digest is the version's data hash.
     """
-    name = model_name(task)
+    name = model_name(task, device)
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     active = mlflow.active_run()
     with contextlib.nullcontext(active) if active else mlflow.start_run() as run:
         run_tags = mlflow.get_run(run.info.run_id).data.tags
         data = {k[len(TAG_DATA):]: v for k, v in run_tags.items() if k.startswith(TAG_DATA)}
         data_hash = data.get(training_data or "", "")
-        info = {**(info or {}), "task": task, "family": operator.family, "params": dict(params or {}),
+        info = {**(info or {}), "task": task, "device": device, "family": operator.family, "params": dict(params or {}),
                 "metrics": metrics, "data": data, "data_hash": data_hash, "source_run": run.info.run_id}
         served = ServedOperator(operator, info)
         info |= served.describe()
@@ -195,14 +199,14 @@ class Decision:
 
 
 def promote(task: str, gate: GateConfig, *, version: str | None = None, force: bool = False,
-            reason: str = "") -> Decision:
+            reason: str = "", device: str = "") -> Decision:
     """Move alias ``champion`` to ``version`` (default: the ``candidate``) if its gate metric
     beats the champion's by more than ``gate.min_delta``, or unconditionally with ``force``.
     The decision is kept as version tags (``ddmops.gate``, ``ddmops.promoted_at``,
     ``ddmops.previous_champion``, ``ddmops.force_reason``)."""
     if force and not reason.strip():
         raise DdmopsError("--force needs --reason \"why\" (kept as a tag of the version)")
-    name = model_name(task)
+    name = model_name(task, device)
     cand = model_version(f"models:/{name}/{version}" if version else f"models:/{name}@{CANDIDATE}")
     champ = _by_alias(name, CHAMPION)
     client = mlflow.MlflowClient()
@@ -231,10 +235,10 @@ def promote(task: str, gate: GateConfig, *, version: str | None = None, force: b
     return Decision("promoted", name, cand_v, champ_v, message)
 
 
-def versions(task: str) -> list[tuple[ModelVersion, list[str]]]:
-    """All versions of a task's model with their aliases, newest first ([] when none is registered).
-    (Search results carry no aliases: they come from the registered model.)"""
-    client, name = mlflow.MlflowClient(), model_name(task)
+def versions(task: str, device: str = "") -> list[tuple[ModelVersion, list[str]]]:
+    """All versions of a task's (or device's) model with their aliases, newest first ([] when none
+    is registered). (Search results carry no aliases: they come from the registered model.)"""
+    client, name = mlflow.MlflowClient(), model_name(task, device)
     found = client.search_model_versions(f"name = '{name}'")
     if not found:
         return []

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ddmops.config import TrackingConfig
 from ddmops.ops.environment import quiet_environment
 
 TAG_STAGE, TAG_PIPELINE, TAG_RUN_KEY, TAG_ROLE = "ddmops.stage", "ddmops.pipeline", "ddmops.run_key", "ddmops.role"
@@ -59,7 +60,13 @@ def sqlite_setup(uri: str) -> Iterator[None]:
 
 
 def default_tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the embedded store in folder ``root``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(root)
+
+
+def store_root(workspace: Path, tracking: TrackingConfig) -> Path:
+    """The folder of a workspace's embedded store (params: tracking.root)."""
+    return (Path(workspace) / tracking.root).resolve()
 
 
 class MlflowTracker:
@@ -73,7 +80,7 @@ class MlflowTracker:
     @contextlib.contextmanager
     def open(cls, *, root: Path, experiment: str, stage: str, run_key: str, pipeline: str,
              tags: Mapping[str, str] | None = None, datasets: Mapping[str, str] | None = None,
-             system_metrics: bool = False) -> Iterator["MlflowTracker"]:
+             system_metrics: bool = False, store: Path | None = None) -> Iterator["MlflowTracker"]:
         """Start (or resume) the run of ``stage`` under the pipeline's parent run (or under the
         run of `mlflow run`, when called from an MLproject entry point).
 
@@ -82,10 +89,12 @@ class MlflowTracker:
         metrics continue where the checkpoint does. On an exception the run is marked
         FAILED with the error message as tag ``ddmops.error``. ``datasets`` (path -> DVC
         digest) become the run's MLflow dataset inputs; ``system_metrics`` samples CPU,
-        memory (and GPU, with pynvml) while the run lasts.
+        memory (and GPU, with pynvml) while the run lasts. ``store``: the folder of the embedded
+        store (default: the workspace ``root``).
         """
         quiet_environment()
-        uri = default_tracking_uri(root)
+        store = Path(store or root)
+        uri = default_tracking_uri(store)
         if uri.startswith(("http://", "https://")):  # a team server: say so at once if it is down
             from ddmops.ops.server import require_server
             require_server(uri)
@@ -97,7 +106,7 @@ class MlflowTracker:
             if outer:
                 exp_id, parent = mlflow.get_run(outer).info.experiment_id, outer
             else:
-                exp_id = _experiment_id(mlflow, experiment, root, embedded=uri == embedded_uri(root))
+                exp_id = _experiment_id(mlflow, experiment, store, embedded=uri == embedded_uri(store))
                 parent = _pipeline_parent(mlflow, exp_id, pipeline)
         unfinished = mlflow.search_runs(
             [exp_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}' and attributes.status != 'FINISHED'",

@@ -27,7 +27,7 @@ def test_prepare_refuses_bad_folders(tiny_workspace, make, fragment):
 
 def test_mistyped_and_wrongly_typed_params(tiny_workspace):
     for override, fragment in (("train_prior.clean.batchsize=4", "did you mean 'train_prior.clean.batch_size'"),
-                               ("degrade.deblur.size=4", "odd"), ("invert.deblur.steps=many", "expected an integer")):
+                               ("degrade.deblur.size=4", "odd"), ("invert.deblur.pnp.iterations=many", "expected an integer")):
         done = sh(["ddmops", "run", "prepare", "--set", override], tiny_workspace)
         assert done.returncode == 1 and fragment in done.stderr and "Traceback" not in done.stderr
 

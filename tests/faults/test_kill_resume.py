@@ -174,7 +174,7 @@ def test_interrupted_invert_resumes_from_its_finished_batches(tiny_workspace, mo
     reference = {n: _images(out / f"{n}.npz") for n in ("learned", "oracle")}
     assert len(reference["learned"]) >= 2 and not list((ws / ".checkpoints").glob("invert-*"))
 
-    calls = _interrupt(monkeypatch, invert_module, "diffpir", at=2)
+    calls = _interrupt(monkeypatch, invert_module, "invert", at=2)
     with pytest.raises(KeyboardInterrupt):
         run_stage("invert", params, ws, item="deblur", progress=False)
     assert len(torch.load(ws / ".checkpoints" / "invert-deblur-learned.pt", weights_only=True)["parts"]) == 1

@@ -69,3 +69,46 @@ def test_failed_stage_marks_mlflow_run(tiny_workspace):
     run = mlflow.search_runs(search_all_experiments=True, output_format="list",
                              filter_string="tags.`ddmops.stage` = 'train-prior-clean'")[0]
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["ddmops.error"]
+
+
+def learn(tmp_path, clean, policy):
+    """DDM4IP step 2 on 8 px patches with an untrained observation prior (enough to see the guard)."""
+    from ddmops.config import LearnOperatorConfig
+    from ddmops.ddm4ip.learner import learn_operator
+    from ddmops.ddm4ip.models import KernelModel
+    from ddmops.flow.prior import FlowPrior
+    from ddmops.flow.unet import UNetArch, VelocityUNet
+    torch.manual_seed(0)
+    prior = FlowPrior(VelocityUNet(UNetArch.from_config(UNetConfig(channels=8), 3, 8)), {"patch_size": 8})
+    cfg = LearnOperatorConfig(kernel_size=3, batch_size=4, images=64, log_every=16, plot_every=10**6,
+                              checkpoint_every=16)
+    model = KernelModel(3, "gaussian", torch.Generator().manual_seed(0))
+    return learn_operator(cfg, model, clean, prior, sigma=0.02, device=torch.device("cpu"), tracker=NullTracker(),
+                          checkpoint=tmp_path / "learn.pt", run_key="k", progress=False, nan_policy=policy)
+
+
+def test_learner_stops_at_a_non_finite_loss_and_keeps_its_checkpoint(tmp_path, generator):
+    clean = PoisonedSampler(images(generator), 10, {20})  # crop batches 2s+1, 2s+2 feed step s: its operator update
+    with pytest.raises(TrainingError, match=r"non-finite distribution-matching loss at step 9.*learn.pt"):
+        learn(tmp_path, clean, "stop")
+    assert load_checkpoint(tmp_path / "learn.pt")["step"] == 8
+
+
+def test_learner_skips_non_finite_batches(tmp_path, generator):
+    result = learn(tmp_path, PoisonedSampler(images(generator), 10, {3, 8, 19}), "skip-batch")
+    assert result.steps == 16 and torch.isfinite(result.kernels).all()
+    assert abs(result.kernels.sum().item() - 1) < 1e-5
+
+
+def test_cli_nan_policy_reaches_the_trainer(tiny_workspace):
+    """`--nan-policy skip-batch` on the command line: every batch diverges, and the stage gives up
+    after 20 in a row (where 'stop' names the first bad step)."""
+    ws = tiny_workspace
+    assert sh(["ddmops", "run", "prepare"], ws).returncode == 0
+    bad = ["--set", "train_prior.clean.lr=1e30", "--set", "train_prior.clean.images=1024"]
+    skip = sh(["ddmops", "run", "train-prior", "-d", "clean", "--nan-policy", "skip-batch", *bad], ws)
+    assert skip.returncode == 1 and "in a row" in skip.stderr and "Traceback" not in skip.stderr
+    stop = sh(["ddmops", "run", "train-prior", "-d", "clean", *bad], ws)
+    assert stop.returncode == 1 and "non-finite flow-matching loss or gradient at step" in stop.stderr
+    wrong = sh(["ddmops", "run", "train-prior", "-d", "clean", "--nan-policy", "ignore"], ws)
+    assert wrong.returncode == 1 and "--nan-policy 'ignore'" in wrong.stderr
