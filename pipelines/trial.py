@@ -150,7 +150,7 @@ def objective_fn(params: Params, root: Path, opts: TuneOptions, parent: str, dev
     """Optuna's objective: one nested MLflow run per trial. A failure is recorded (state, error
     text) and left to Optuna, which marks the trial failed; an interrupt queues the trial again."""
     def objective(trial: optuna.Trial) -> float:
-        tags = {"ddmops.trial": str(trial.number), "ddmops.ops.study": opts.study_name, "ddmops.task": opts.task,
+        tags = {"ddmops.trial": str(trial.number), "ddmops.study": opts.study_name, "ddmops.task": opts.task,
                 "ddmops.objective": opts.objective}
         try:
             with MlflowTracker.child(parent, f"trial-{trial.number:04d}", tags,

@@ -128,7 +128,7 @@ def tune(params: Params, root: Path, opts: TuneOptions, params_path: Path, overr
     outer = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: its run is the parent
     if outer:
         use_tracking(default_tracking_uri(store_root(root, params.tracking)))
-        annotate_run(outer, tags={"ddmops.ops.study": f"{opts.study_name}-{study.user_attrs['uid']}", **tags})
+        annotate_run(outer, tags={"ddmops.study": f"{opts.study_name}-{study.user_attrs['uid']}", **tags})
     parent = outer or MlflowTracker.study_parent(root=store_root(root, params.tracking),
                                                  experiment=params.tracking.experiment,
                                                  study=f"{opts.study_name}-{study.user_attrs['uid']}", tags=tags)

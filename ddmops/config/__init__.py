@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class Params:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+SECTION_TYPES = typing.get_type_hints(Params)  # section name -> its config class
 
 
 def read_params_dict(path: Path, overrides: list[str] | None = None) -> dict:
@@ -113,10 +117,11 @@ def check_spaces(params: Params) -> None:
                 node = node.get(part) if isinstance(node, dict) else None
             if not isinstance(node, dict) or isinstance(node.get(leaf, {}), dict):  # missing, or a section
                 raise ConfigError(f"'{where}': {key!r} is not a params value")
+            section = sections[0]  # a value only reaches its own section: check that one
             for value in values:
-                trial = copy.deepcopy(base)
-                set_path(trial, key, value)
+                trial = copy.deepcopy(base[section])
+                set_path(trial, key.split(".", 1)[1], value)
                 try:
-                    from_dict(Params, trial)
+                    from_dict(SECTION_TYPES[section], trial, section)
                 except ConfigError as exc:
                     raise ConfigError(f"'{where}': trial value {value!r} is invalid: {exc}") from None

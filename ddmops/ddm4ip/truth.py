@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ddmops.config import DegradeConfig
 from ddmops.data import make_kernel, resolve_path
+from ddmops.io import load_array
 from ddmops.operators.kernels import lens_psf_grid, load_kernel, random_sr_kernel, validate_psf
 from ddmops.operators.psf_operator import BlurKernel, PsfGridKernels, PsfOperator, SrKernel
 
@@ -23,7 +23,7 @@ def _psf_grid(cfg: DegradeConfig, root: Path) -> PsfOperator:
     spec = cfg.psf_grid
     if spec.path:
         path = resolve_path(spec.path, root)
-        return PsfGridKernels(validate_psf(np.load(path, allow_pickle=False), spec.path).numpy(), source=str(path))
+        return PsfGridKernels(validate_psf(load_array(path), spec.path).numpy(), source=str(path))
     g = torch.Generator().manual_seed(spec.seed)
     return PsfGridKernels(lens_psf_grid(spec.grid, spec.size, g, spec.sigma, spec.astigmatism, spec.coma).numpy())
 

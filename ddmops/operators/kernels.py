@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ddmops.errors import DataError
+from ddmops.io import load_array
 
 
 def gaussian_kernel(size: int, std: tuple[float, float], angle: float = 0.0) -> torch.Tensor:
@@ -185,12 +186,7 @@ def validate_psf(array: np.ndarray | torch.Tensor, source: str, atol: float = 1e
 
 def load_kernel(path: Path, index: int = 0) -> torch.Tensor:
     """Load a kernel from .npy: (K, K), or one of a stack (N, K, K) by ``index``."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: kernel file not found") from None
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npy kernel ({exc})") from None
+    arr = load_array(path)
     if arr.ndim == 3:
         if not 0 <= index < arr.shape[0]:
             raise DataError(f"{path}: kernel index {index} outside the stack of {arr.shape[0]}")

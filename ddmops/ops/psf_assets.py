@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ddmops.errors import DataError
-from ddmops.io import save_array
+from ddmops.io import load_array, save_array
 from ddmops.operators.kernels import validate_psf
 
 
@@ -21,12 +21,7 @@ def add_psf(file: Path, folder: Path, name: str | None = None, normalise: bool =
     PSFs often carry a background offset); NaN, infinities and wrong shapes are refused.
     The stored array is float32. Returns its path.
     """
-    try:
-        array = np.load(file, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{file}: file not found") from None
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{file}: not a readable .npy array ({exc})") from None
+    array = load_array(file)
     if normalise:
         if not np.isfinite(array).all():
             raise DataError(f"{file}: PSF holds NaN or infinite values")

@@ -118,6 +118,35 @@ def test_interrupted_dcdp_resumes_to_the_same_restoration(tiny_workspace, monkey
     assert sum(r.data.tags.get("ddmops.resumed") == "true" for r in runs) == 1
 
 
+def test_interrupted_dps_resumes_from_its_finished_batches(tiny_workspace, monkeypatch):
+    """DPS saves each restored batch (images, PSNRs, NFE and the generator): interrupted in its
+    second image and rerun, it restores only that one and ends with the uninterrupted images."""
+    from ddmops.config import load_params
+    from pipelines import restore as restore_module
+    from pipelines.runner import run_stage
+
+    ws = tiny_workspace
+    params = load_params(ws / "params.yaml", ["restore.images=2", "restore.batch_size=1"])
+    run_stage("prepare", params, ws, progress=False)
+    run_stage("train-prior", params, ws, item="clean", progress=False)
+    out = ws / "outputs" / "tasks" / "superres" / "dps.npz"
+    first = run_stage("restore-dps", params, ws, item="superres", progress=False)
+    reference = _images(out)
+    assert len(reference) == 2 and not (ws / ".checkpoints" / "restore-superres-dps.pt").exists()
+    out.unlink()
+
+    calls = _interrupt(monkeypatch, restore_module, "dps", at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("restore-dps", params, ws, item="superres", progress=False)
+    assert len(torch.load(ws / ".checkpoints" / "restore-superres-dps.pt", weights_only=True)["parts"]) == 1
+
+    calls[0] = -100  # the rerun goes through
+    second = run_stage("restore-dps", params, ws, item="superres", progress=False)
+    assert calls[0] == -99  # only the second image was restored again
+    np.testing.assert_allclose(_images(out), reference, rtol=0, atol=1e-6)
+    assert second["psnr/dps"] == pytest.approx(first["psnr/dps"], abs=1e-6) and second["nfe/dps"] == first["nfe/dps"]
+
+
 def _dvc_workspace(path, overrides):
     ws = write_workspace(path, overrides).parent
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):

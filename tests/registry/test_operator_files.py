@@ -12,7 +12,7 @@ from ddmops.io import save_npz, write_json
 from ddmops.operators.blur import Blur
 from ddmops.operators.psf_grid import PsfGrid, position_map
 from ddmops.operators.psf_operator import BlurKernel, PsfGridKernels, PsfOperator, SrKernel
-from ddmops.ops.serving import ServedOperator
+from ddmops.ops.serving import RequestError, ServedOperator, handle
 from pipelines.operators import resolve_operator
 from tests.registry.conftest import kernel, psf_grid
 
@@ -34,12 +34,19 @@ def test_folders_files_and_model_folders_resolve_to_the_same_arrays(tmp_path):
 def test_served_operator_reads_every_family_as_a_grid(tmp_path):
     grid = psf_grid(2, 3)
     save_npz(tmp_path / "operator.npz", {"psf_grid": grid})
-    write_json(tmp_path / "operator.json", {"task": "psf_grid", "family": "psf_grid", "limits": {"max_image_side": 64}})
+    limits = {"max_image_side": 20, "max_channels": 1, "max_requests": 2}
+    write_json(tmp_path / "operator.json", {"task": "psf_grid", "family": "psf_grid", "limits": limits})
     op = ServedOperator.load(tmp_path)
     np.testing.assert_array_equal(op.grid, grid)
     assert op.describe() == {"task": "psf_grid", "family": "psf_grid", "kernel_size": 7, "grid_shape": [2, 3],
-                             "factor": 1, "padding": "valid",
-                             "limits": {"max_image_side": 64, "max_channels": 3, "max_requests": 64}}
+                             "factor": 1, "padding": "valid", "limits": limits}
+    # the limits read from operator.json are the ones enforced
+    assert handle(op, [{"kind": "apply", "image": np.zeros((20, 20)).tolist()}] * 2)
+    for requests, message in (([{"kind": "info"}] * 3, "more than the limit of 2"),
+                              ([{"kind": "apply", "image": np.zeros((21, 20)).tolist()}], "limit of 20 x 20"),
+                              ([{"kind": "apply", "image": np.zeros((20, 20, 3)).tolist()}], "accepted: 1 to 1")):
+        with pytest.raises(RequestError, match=message):
+            handle(op, requests)
     blur = ServedOperator(BlurKernel(kernel()))
     assert blur.grid.shape == (1, 1, 9, 9) and blur.describe()["task"] == "deblur"
     np.testing.assert_array_equal(blur.psf_at(0.9, 0.1), kernel())  # a uniform blur: the kernel anywhere

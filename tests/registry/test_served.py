@@ -78,7 +78,11 @@ def test_served_model_answers_each_kind(server):
     np.testing.assert_array_equal(np.array(psf["psf"], np.float32), kernel())  # the champion's kernel
     np.testing.assert_array_equal(np.array(grid["grid"], np.float32), kernel()[None, None])
     np.testing.assert_array_equal(np.array(applied["image"]), ServedOperator(BlurKernel(kernel())).apply(image))
-    assert info["family"] == "blur" and info["kernel_size"] == 9 and info["limits"]["max_image_side"] == 256
+    assert info["family"] == "blur" and info["kernel_size"] == 9
+    side = info["limits"]["max_image_side"]  # the limit it reports is the one it enforces
+    assert server({"inputs": [{"kind": "apply", "image": np.zeros((side, 9)).tolist()}]}).status_code == 200
+    too_big = server({"inputs": [{"kind": "apply", "image": np.zeros((side + 1, 9)).tolist()}]})
+    assert too_big.status_code == 400 and f"larger than the limit of {side} x {side}" in too_big.json()["message"]
 
 
 @pytest.mark.parametrize("body, message", [
