@@ -33,3 +33,19 @@ def test_kernel_errors_floor_values():
 def test_center_crop():
     x = torch.arange(36.0).reshape(1, 1, 6, 6)
     assert center_crop(x, 2, 4).tolist() == [[[[13.0, 14.0, 15.0, 16.0], [19.0, 20.0, 21.0, 22.0]]]]
+
+
+def test_noise_estimate_reads_the_noise_of_blurred_images(generator):
+    """The wavelet MAD estimate of Gaussian noise added to blurred photos-like images (what real
+    observations are): within 10% of the true level, and it grows with it."""
+    from ddmops.noise import estimate_noise
+    from ddmops.operators.blur import Blur
+    from tests.test_learner import dead_leaves
+    blur = Blur(gaussian_kernel(9, (1.5, 1.5)), "valid")
+    clean = [blur.A(x[None])[0] for x in dead_leaves(6, 96, generator)]
+    estimates = []
+    for sigma in (0.02, 0.05, 0.1):
+        noisy = [x + sigma * torch.randn(x.shape, generator=generator) for x in clean]
+        estimates.append(estimate_noise(noisy))
+        assert abs(estimates[-1] - sigma) <= 0.1 * sigma, (sigma, estimates[-1])
+    assert estimates == sorted(estimates)
