@@ -42,8 +42,13 @@ def test_torchrun_trains_a_prior_logging_once_and_other_stages_refuse(tiny_works
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python"]
     done = sh([*torchrun, "ddmops", "run", "train-prior", "--domain", "clean", "--no-progress"], ws)
     assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = stage_runs(ws, "train-prior-clean")  # rank 1 logged nothing
+    (run,) = stage_runs(ws, "train-prior-clean")  # rank 1 logged nothing: one run, each step once
     assert run.data.tags["ddmops.processes"] == "2" and run.info.status == "FINISHED"
+    import mlflow
+    from collections import Counter
+    logged = Counter(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss/train"))
+    last = max(logged)  # each log step once; the last twice: the loop's log and the stage's summary
+    assert len(logged) >= 2 and logged[last] == 2 and all(n == 1 for step, n in logged.items() if step != last)
     assert (ws / "models" / "priors" / "clean" / "prior.safetensors").is_file()
     refused = sh([*torchrun, "ddmops", "run", "degrade", "--task", "deblur", "--no-progress"], ws)
     assert refused.returncode != 0 and "does not run under torchrun with several processes" in refused.stderr
