@@ -42,7 +42,7 @@ def restore(
     from ddmops.ops.tracking import MlflowTracker, default_tracking_uri, store_root, use_tracking
     from ddmops.ops.workspace import Workspace
     from pipelines.operators import resolve_operator
-    from pipelines.photos import PhotoJob, check_out, expand, restore_photos
+    from pipelines.photos import PhotoJob, check_job, restore_photos
 
     quiet_environment()
     root = params.resolve().parent
@@ -51,14 +51,13 @@ def restore(
         if method not in INVERT_METHODS:
             raise DdmopsError(f"--method {method!r}: use one of {', '.join(INVERT_METHODS)}")
         job = PhotoJob(tuple(images), out, method, tile, noise_sigma)
-        check_out(job)
+        photos = check_job(job)  # before any run or model is opened
         use_tracking(default_tracking_uri(store_root(root, cfg.tracking)))  # models:/ URIs: this workspace's registry
         op, provenance = resolve_operator(operator, root)
         prior_file = prior or Workspace(root, cfg.paths).prior("clean")
         dev = pick_device(device)
         flow = FlowPrior.load(prior_file, dev)
         settings = {"operator": provenance, "prior": file_md5(prior_file)}
-        photos = expand(job.inputs)
         digests = {str(p): file_md5(p) for p in photos if p.is_file()}
         tags = {**provenance, "ddmops.method": method, "ddmops.prior": str(prior_file), "ddmops.device": str(dev)}
         with MlflowTracker.open(root=root, experiment=cfg.tracking.experiment, stage="restore-photos",
@@ -67,8 +66,8 @@ def restore(
             tracker.log_params({"method": method, "tile": tile, "noise_sigma": noise_sigma, "operator": operator,
                                 "photos": len(photos), "out": str(out)})
             with progress_bar("restore", len(photos), enabled=progress) as bar:
-                result = restore_photos(job, op, flow, getattr(cfg.invert, op.task), tracker, dev, settings,
-                                        on_photo=lambda i, n, name: bar.update(i, name))
+                result = restore_photos(job, photos, digests, op, flow, getattr(cfg.invert, op.task), tracker, dev,
+                                        settings, on_photo=lambda i, n, name: bar.update(i, name))
                 bar.update(len(photos))
             tracker.log_metrics({"seconds_per_megapixel": result.seconds_per_megapixel,
                                  "residual/restored": result.residual, "photos/written": len(result.written),

@@ -29,7 +29,7 @@ from ddmops.metrics import residual_ratio
 from ddmops.noise import estimate_noise
 from ddmops.operators.psf_grid import position_map
 from ddmops.operators.psf_operator import PsfOperator
-from ddmops.ops.hashing import config_digest, file_md5
+from ddmops.ops.hashing import config_digest
 from ddmops.tracker import Tracker
 
 MANIFEST = ".ddmops-restore.json"
@@ -64,8 +64,10 @@ def expand(inputs: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-def check_out(job: PhotoJob) -> None:
-    """The output folder may not lie inside an input folder, nor be where an input photo is."""
+def check_job(job: PhotoJob) -> list[Path]:
+    """The photos of ``job``, refused before anything runs when there are none, when two share a
+    name (outputs keep the names), or when the output folder lies inside an input folder or is
+    where an input photo is."""
     out = job.out.resolve()
     for path in job.inputs:
         p = Path(path).resolve()
@@ -73,18 +75,6 @@ def check_out(job: PhotoJob) -> None:
         if out == folder or out.is_relative_to(folder) and p.is_dir():
             raise DdmopsError(f"--out {job.out}: inside the inputs ({path}); restored photos would mix with (or "
                               "overwrite) the originals: choose a folder outside them")
-
-
-def output_name(photo: Path, depth: int) -> str:
-    return photo.with_suffix(".png" if depth == 8 else ".tif").name
-
-
-def restore_photos(job: PhotoJob, operator: PsfOperator, prior: FlowPrior, cfg: InvertConfig, tracker: Tracker,
-                   device: torch.device, settings: dict, on_photo: Callable[[int, int, str], None] = lambda *a: None
-                   ) -> PhotoResult:
-    """Restore every readable photo of ``job``; ``settings`` (what the outputs depend on besides the
-    input: operator, prior, method, ...) key the manifest, so changed settings redo the photos."""
-    check_out(job)
     photos = expand(job.inputs)
     if not photos:
         raise DdmopsError(f"no images among {', '.join(map(str, job.inputs))} ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -92,6 +82,19 @@ def restore_photos(job: PhotoJob, operator: PsfOperator, prior: FlowPrior, cfg: 
     if len(set(names)) < len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise DdmopsError(f"two inputs are named {dup}: outputs keep the input names, so they would collide")
+    return photos
+
+
+def output_name(photo: Path, depth: int) -> str:
+    return photo.with_suffix(".png" if depth == 8 else ".tif").name
+
+
+def restore_photos(job: PhotoJob, photos: list[Path], digests: dict[str, str], operator: PsfOperator,
+                   prior: FlowPrior, cfg: InvertConfig, tracker: Tracker, device: torch.device, settings: dict,
+                   on_photo: Callable[[int, int, str], None] = lambda *a: None) -> PhotoResult:
+    """Restore every readable photo of ``photos`` (from :func:`check_job`; ``digests``: the MD5 of
+    each that is a file); ``settings`` (what the outputs depend on besides the input: operator,
+    prior, method, ...) key the manifest, so changed settings redo the photos."""
     cfg = dataclasses.replace(cfg, method=job.method)
     key = config_digest(settings, job.method, job.tile, job.noise_sigma, job.seed)
     manifest_file = job.out / MANIFEST
@@ -106,7 +109,7 @@ def restore_photos(job: PhotoJob, operator: PsfOperator, prior: FlowPrior, cfg: 
             if image.shape[2] != channels:
                 raise DataError(f"{photo}: a {image.shape[2]}-channel image; the prior restores {channels}-channel "
                                 "ones (train one on such photos: prepare.channels)")
-            digest = file_md5(photo)
+            digest = digests[str(photo)]
             target = job.out / output_name(photo, depth)
             done = manifest.get(photo.name, {})
             if target.is_file() and done.get("input") == digest and done.get("settings") == key:
