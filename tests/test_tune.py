@@ -126,17 +126,18 @@ def test_killed_study_resumes_without_losing_trials(ws):
     """SIGKILL during a trial; the rerun keeps the completed trial and runs the killed one again."""
     cmd = [sys.executable, "-m", "cli.app", "tune", "--task", "superres", "--study-name", "killed",
            "--n-trials", "3", "--heartbeat", "1", "--pruner", "none", "--no-progress", "--device", "cpu",
-           "-p", str(ws / "params.yaml"), "-S", "restore.superres.dcdp.iterations=8"]
+           "-p", str(ws / "params.yaml"), "-S", "restore.superres.dcdp.iterations=32"]  # a few seconds per trial
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     log = (ws / "killed-tune.log").open("w")  # a file, not a pipe: nobody reads it while the study runs
     proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
     storage = studies.default_storage(ws)
+    poll = optuna.storages.RDBStorage(storage)  # one engine: each poll is a query, not a new connection
     deadline = time.time() + 120
     try:
         while time.time() < deadline:  # wait for: trial 0 complete, trial 1 running with its values
-            time.sleep(0.3)
+            time.sleep(0.1)
             try:
-                trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+                trials = optuna.load_study(study_name="killed", storage=poll).get_trials()
             except KeyError:
                 continue
             if (len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING
