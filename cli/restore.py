@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 
 from cli.common import ParamsOpt, err, fail
+from pipelines.photos import MODEL_ERROR
 
 
 def register(app: typer.Typer) -> None:
@@ -24,9 +26,15 @@ def restore(
                                         "(settings: params invert.<task>)")] = "pnp",
     prior: Annotated[Optional[Path], typer.Option(help="clean prior (default: this workspace's, "
                                                   "models/priors/clean/prior.safetensors)")] = None,
-    tile: Annotated[int, typer.Option(help="> 0: the prior sees larger photos as blended tiles of this side")] = 0,
+    tile: Annotated[Optional[int], typer.Option(
+        help="the prior sees larger photos as blended tiles of this side (default: twice the prior's training "
+             "patch; 0: whole photos, slower and no better)")] = None,
     noise_sigma: Annotated[Optional[float], typer.Option(
-        help="noise std in [-1, 1] units (default: estimated per photo)")] = None,
+        help="the photos' noise std in [-1, 1] units (default: estimated per photo)")] = None,
+    model_error: Annotated[float, typer.Option(
+        help="what the operator cannot explain (gamma-encoded photos, compression, a learned PSF's error) as a "
+             "noise std in [-1, 1] units, added to the noise in quadrature; 0: trust the operator exactly")
+    ] = MODEL_ERROR,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: GPU if present)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     params: ParamsOpt = Path("params.yaml"),
@@ -42,7 +50,7 @@ def restore(
     from ddmops.ops.tracking import MlflowTracker, default_tracking_uri, store_root, use_tracking
     from ddmops.ops.workspace import Workspace
     from pipelines.operators import resolve_operator
-    from pipelines.photos import PhotoJob, check_job, restore_photos
+    from pipelines.photos import PhotoJob, auto_tile, check_job, restore_photos
 
     quiet_environment()
     root = params.resolve().parent
@@ -50,21 +58,22 @@ def restore(
         cfg = load_params(params)
         if method not in INVERT_METHODS:
             raise DdmopsError(f"--method {method!r}: use one of {', '.join(INVERT_METHODS)}")
-        job = PhotoJob(tuple(images), out, method, tile, noise_sigma)
+        job = PhotoJob(tuple(images), out, method, tile, noise_sigma, model_error)
         photos = check_job(job)  # before any run or model is opened
         use_tracking(default_tracking_uri(store_root(root, cfg.tracking)))  # models:/ URIs: this workspace's registry
         op, provenance = resolve_operator(operator, root)
         prior_file = prior or Workspace(root, cfg.paths).prior("clean")
         dev = pick_device(device)
         flow = FlowPrior.load(prior_file, dev)
+        job = dataclasses.replace(job, tile=auto_tile(flow) if tile is None else tile)
         settings = {"operator": provenance, "prior": file_md5(prior_file)}
         digests = {str(p): file_md5(p) for p in photos if p.is_file()}
         tags = {**provenance, "ddmops.method": method, "ddmops.prior": str(prior_file), "ddmops.device": str(dev)}
         with MlflowTracker.open(root=root, experiment=cfg.tracking.experiment, stage="restore-photos",
-                                run_key=config_digest(settings, method, tile, noise_sigma, digests), pipeline="restore",
-                                tags=tags, datasets=digests, store=store_root(root, cfg.tracking)) as tracker:
-            tracker.log_params({"method": method, "tile": tile, "noise_sigma": noise_sigma, "operator": operator,
-                                "photos": len(photos), "out": str(out)})
+                                run_key=config_digest(settings, method, job.tile, noise_sigma, model_error, digests),
+                                pipeline="restore", tags=tags, datasets=digests, store=store_root(root, cfg.tracking)) as tracker:
+            tracker.log_params({"method": method, "tile": job.tile, "noise_sigma": noise_sigma, "model_error": model_error,
+                                "operator": operator, "photos": len(photos), "out": str(out)})
             with progress_bar("restore", len(photos), enabled=progress) as bar:
                 result = restore_photos(job, photos, digests, op, flow, getattr(cfg.invert, op.task), tracker, dev,
                                         settings, on_photo=lambda i, n, name: bar.update(i, name))

@@ -1,19 +1,32 @@
 """The noise level of observations, from the observations themselves.
 
-Estimator: the median absolute deviation of the finest diagonal wavelet coefficients divided by
-0.6745 (Donoho and Johnstone 1994, as scikit-image's ``estimate_sigma``), per image and channel,
-then the median over them. Blur leaves the finest scale to the noise, so blurred observations
-suit it; strong compression (JPEG) removes noise there and makes it read low.
+Estimator: the median absolute deviation of the diagonal wavelet coefficients (Daubechies 2)
+divided by 0.6745 (Donoho and Johnstone 1994; scikit-image's ``estimate_sigma`` at the finest
+scale), per image and channel, then the median over them. Blur leaves the finest scale to the
+noise, so blurred observations suit it. White noise puts the same energy in every scale of an
+orthonormal wavelet and the signal only adds to the coarser ones, so a finest scale that reads
+under half the next one has been emptied by processing (JPEG, demosaicing, denoising in the
+camera): the estimate is then read one scale up, where the noise survives.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pywt
 import torch
+
+SUPPRESSED = 0.5  # finest / second scale below this: the finest scale was emptied by compression
+
+
+def mad_sigma(image: np.ndarray, level: int) -> float:
+    """MAD noise std of a 2-D image from its diagonal coefficients at ``level`` (1 = finest)."""
+    diagonal = pywt.wavedec2(image, "db2", level=level)[1][2]  # the coarsest of `level` detail sets
+    return float(np.median(np.abs(diagonal)) / 0.6745)
 
 
 def estimate_noise(images: list[torch.Tensor]) -> float:
     """Noise std in the [-1, 1] range of images (C, H, W) in [-1, 1]."""
-    from skimage.restoration import estimate_sigma
-    levels = [estimate_sigma(((x.double().numpy() + 1) / 2)[c]) for x in images for c in range(x.shape[0])]
-    return float(2 * np.median(levels))  # [0, 1] units -> [-1, 1]
+    planes = [x.double().numpy()[c] for x in images for c in range(x.shape[0])]
+    finest = float(np.median([mad_sigma(p, 1) for p in planes]))
+    second = float(np.median([mad_sigma(p, 2) for p in planes]))
+    return second if finest < SUPPRESSED * second else finest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ from ddmops.ops.hashing import config_digest
 from ddmops.tracker import Tracker
 
 MANIFEST = ".ddmops-restore.json"
+# What an operator cannot explain in a real photo, as a noise std in [-1, 1] units: a PSF acts on
+# linear light but photos are gamma-encoded (the sRGB-domain blur of a true PSF misses BSDS500
+# device photos by 0.03-0.06), compression, and the error of a learned PSF.
+MODEL_ERROR = 0.04
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,19 @@ class PhotoJob:
     inputs: tuple[Path, ...]  # image files and folders (searched recursively)
     out: Path
     method: str = "pnp"
-    tile: int = 0  # > 0: the prior sees larger photos as blended tiles of this side
+    tile: int | None = None  # > 0: the prior sees larger photos as tiles of this side; 0: whole; None: auto
     noise_sigma: float | None = None  # None: estimated per photo (ddmops/noise.py)
+    model_error: float = MODEL_ERROR
     seed: int = 0
+
+    def trusted_sigma(self, noise: float) -> float:
+        """The noise level the data term trusts: the sensor noise and the model's error in quadrature."""
+        return math.hypot(noise, self.model_error)
+
+
+def auto_tile(prior: FlowPrior) -> int:
+    """Twice the side the prior was trained on (0: whole photos when the prior does not say)."""
+    return 2 * int(prior.meta.get("patch_size", 0))
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,7 @@ class PhotoResult:
     skipped: list[Path]  # restored by an earlier run with the same settings
     failed: dict[str, str]  # input -> why
     seconds_per_megapixel: float
-    residual: float  # mean rms(y - A x) / sigma over the restored photos (1: explained to the noise)
+    residual: float  # mean rms(y - A x) / trusted sigma over the restored photos (1: explained to that level)
 
 
 def expand(inputs: tuple[Path, ...]) -> list[Path]:
@@ -96,10 +111,11 @@ def restore_photos(job: PhotoJob, photos: list[Path], digests: dict[str, str], o
     each that is a file); ``settings`` (what the outputs depend on besides the input: operator,
     prior, method, ...) key the manifest, so changed settings redo the photos."""
     cfg = dataclasses.replace(cfg, method=job.method)
-    key = config_digest(settings, job.method, job.tile, job.noise_sigma, job.seed)
+    tile = auto_tile(prior) if job.tile is None else job.tile
+    key = config_digest(settings, job.method, tile, job.noise_sigma, job.model_error, job.seed)
     manifest_file = job.out / MANIFEST
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    prior.tile = job.tile
+    prior.tile = tile
     channels = prior.arch.img_channels
     written, skipped, failed, pixels, seconds, residuals = [], [], {}, 0, 0.0, []
     for i, photo in enumerate(photos):
@@ -116,15 +132,15 @@ def restore_photos(job: PhotoJob, photos: list[Path], digests: dict[str, str], o
                 skipped.append(target)
                 continue
             t0 = time.perf_counter()
-            x, residual, sigma = restore_one(image, operator, prior, cfg, device, job)
+            x, residual, noise, sigma = restore_one(image, operator, prior, cfg, device, job)
             seconds += time.perf_counter() - t0
             pixels += image.shape[0] * image.shape[1]
             residuals.append(residual)
             written.append(write_image(target, x, depth))
-            manifest[photo.name] = {"input": digest, "settings": key, "output": target.name, "noise_sigma": sigma,
-                                    "residual": residual}
+            manifest[photo.name] = {"input": digest, "settings": key, "output": target.name, "noise_sigma": noise,
+                                    "trusted_sigma": sigma, "residual": residual}
             write_json(manifest_file, manifest)  # after the photo: an interrupted run redoes only the rest
-            tracker.log_metrics({"noise_sigma": sigma, "residual": residual}, step=i)
+            tracker.log_metrics({"noise_sigma": noise, "residual": residual}, step=i)
         except DataError as exc:
             failed[str(photo)] = str(exc)
     mean = sum(residuals) / len(residuals) if residuals else float("nan")
@@ -133,9 +149,11 @@ def restore_photos(job: PhotoJob, photos: list[Path], digests: dict[str, str], o
 
 def restore_one(image, operator: PsfOperator, prior: FlowPrior, cfg: InvertConfig, device: torch.device,
                 job: PhotoJob) -> tuple:
-    """One photo (H, W, C) in [0, 1] -> (restoration (H', W', C) in [0, 1], residual ratio, sigma)."""
+    """One photo (H, W, C) in [0, 1] -> (restoration (H', W', C) in [0, 1], residual ratio, the photo's
+    noise level, the noise level the data term trusted)."""
     y = torch.from_numpy(image).permute(2, 0, 1)[None].float() * 2 - 1  # (1, C, H, W) in [-1, 1]
-    sigma = job.noise_sigma if job.noise_sigma is not None else max(estimate_noise([y[0]]), 1e-3)
+    noise = job.noise_sigma if job.noise_sigma is not None else estimate_noise([y[0]])
+    sigma = max(job.trusted_sigma(noise), 1e-3)
     h, w = y.shape[-2:]
     full = torch.tensor([[0.0, 0.0, float(h), float(w)]], dtype=torch.float64)  # the photo is the whole field
     x_geom = operator.input_geometry(full)
@@ -151,4 +169,4 @@ def restore_one(image, operator: PsfOperator, prior: FlowPrior, cfg: InvertConfi
     s = operator.factor
     r, c = round(-top), round(-left)
     x = x[0, :, r:r + s * h, c:c + s * w].cpu()
-    return ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(), residual, sigma
+    return ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(), residual, noise, sigma

@@ -5,6 +5,7 @@ the bad inputs each refuses with one line, writing nothing."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -15,9 +16,11 @@ import pytest
 import torch
 
 from ddmops.data import source_images, to_tensor
+from ddmops.flow.prior import FlowPrior
 from ddmops.io import read_image_float, write_image
 from ddmops.operators.blur import convolve
 from ddmops.operators.kernels import gaussian_kernel
+from pipelines.photos import MANIFEST, MODEL_ERROR
 from tests.conftest import write_workspace
 from tests.test_pipeline import BIN, sh
 
@@ -121,12 +124,18 @@ def test_calibrate_promote_serve_restore(tmp_path):
         assert depth == 16 and image.shape == (80, 80, 3)
     again = sh(args, ws)
     assert "restored 0 photo(s)" in again.stdout and "2 already done" in again.stdout
+    # the data term trusts the photo's noise (0.02, estimated) and the model's error in quadrature
+    for entry in json.loads((tmp_path / "restored" / MANIFEST).read_text()).values():
+        assert abs(entry["noise_sigma"] - 0.02) < 0.004
+        assert entry["trusted_sigma"] == pytest.approx(math.hypot(entry["noise_sigma"], MODEL_ERROR))
 
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlruns.db'}")
     (run, *_) = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                    filter_string="tags.`ddmops.stage` = 'restore-photos'")
     assert run.data.tags["ddmops.operator.model"] == "ddmops-psf-cam-a" and "seconds_per_megapixel" in run.data.metrics
+    prior = FlowPrior.load(ws / "devices" / "cam-a" / "models" / "priors" / "clean" / "prior.safetensors")
+    assert run.data.params["tile"] == str(2 * prior.meta["patch_size"])  # tiles of twice the prior's patch
     assert {i.dataset.name for i in mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs} == {
         str(shots / "p0.tif"), str(shots / "p1.tif")}
 
