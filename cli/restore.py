@@ -58,6 +58,8 @@ def restore(
         cfg = load_params(params)
         if method not in INVERT_METHODS:
             raise DdmopsError(f"--method {method!r}: use one of {', '.join(INVERT_METHODS)}")
+        if model_error < 0 or (noise_sigma is not None and noise_sigma < 0):
+            raise DdmopsError("--model-error and --noise-sigma are standard deviations: give values >= 0")
         job = PhotoJob(tuple(images), out, method, tile, noise_sigma, model_error)
         photos = check_job(job)  # before any run or model is opened
         use_tracking(default_tracking_uri(store_root(root, cfg.tracking)))  # models:/ URIs: this workspace's registry
@@ -71,9 +73,11 @@ def restore(
         tags = {**provenance, "ddmops.method": method, "ddmops.prior": str(prior_file), "ddmops.device": str(dev)}
         with MlflowTracker.open(root=root, experiment=cfg.tracking.experiment, stage="restore-photos",
                                 run_key=config_digest(settings, method, job.tile, noise_sigma, model_error, digests),
-                                pipeline="restore", tags=tags, datasets=digests, store=store_root(root, cfg.tracking)) as tracker:
-            tracker.log_params({"method": method, "tile": job.tile, "noise_sigma": noise_sigma, "model_error": model_error,
-                                "operator": operator, "photos": len(photos), "out": str(out)})
+                                pipeline="restore", tags=tags, datasets=digests,
+                                store=store_root(root, cfg.tracking)) as tracker:
+            tracker.log_params({"method": method, "tile": job.tile, "noise_sigma": noise_sigma,
+                                "model_error": model_error, "operator": operator, "photos": len(photos),
+                                "out": str(out)})
             with progress_bar("restore", len(photos), enabled=progress) as bar:
                 result = restore_photos(job, photos, digests, op, flow, getattr(cfg.invert, op.task), tracker, dev,
                                         settings, on_photo=lambda i, n, name: bar.update(i, name))

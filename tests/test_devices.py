@@ -176,8 +176,8 @@ def test_calibrate_refuses_bad_input_and_writes_nothing(tmp_path, case, message)
 
 
 def test_restore_refuses_bad_input(tiny_workspace, tmp_path):
-    """Unknown operator URIs, an output folder inside the inputs, photos of another channel count
-    (after the readable ones are done), unreadable files: each named, exit 1."""
+    """Unknown operator URIs, an output folder inside the inputs, a negative noise level, photos of
+    another channel count (after the readable ones are done), unreadable files: each named, exit 1."""
     ws = tiny_workspace
     assert sh(["ddmops", "run", "prepare"], ws).returncode == 0
     assert sh(["ddmops", "run", "train-prior", "-d", "clean"], ws).returncode == 0
@@ -192,6 +192,8 @@ def test_restore_refuses_bad_input(tiny_workspace, tmp_path):
     assert unknown.returncode == 1 and "models:/nothing@champion: no such model version" in unknown.stderr
     inside = sh([*run, "--out", str(shots / "restored")], ws)
     assert inside.returncode == 1 and "inside the inputs" in inside.stderr and not (shots / "restored").exists()
+    negative = sh([*run, "--out", str(tmp_path / "o3"), "--model-error", "-0.1"], ws)
+    assert negative.returncode == 1 and "give values >= 0" in negative.stderr and not (tmp_path / "o3").exists()
     mixed = sh([*run, "--out", str(tmp_path / "o2")], ws)
     assert mixed.returncode == 1 and "broken.png: not a readable image" in mixed.stderr
     assert "p0.png: a 1-channel image" in mixed.stderr and "restored 1 photo(s)" in mixed.stdout
