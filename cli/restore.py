@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,7 +49,7 @@ def restore(
     from ddmops.ops.tracking import MlflowTracker, default_tracking_uri, store_root, use_tracking
     from ddmops.ops.workspace import Workspace
     from pipelines.operators import resolve_operator
-    from pipelines.photos import PhotoJob, auto_tile, check_job, restore_photos
+    from pipelines.photos import PhotoJob, auto_tile, check_photos, restore_photos
 
     quiet_environment()
     root = params.resolve().parent
@@ -60,14 +59,13 @@ def restore(
             raise DdmopsError(f"--method {method!r}: use one of {', '.join(INVERT_METHODS)}")
         if model_error < 0 or (noise_sigma is not None and noise_sigma < 0):
             raise DdmopsError("--model-error and --noise-sigma are standard deviations: give values >= 0")
-        job = PhotoJob(tuple(images), out, method, tile, noise_sigma, model_error)
-        photos = check_job(job)  # before any run or model is opened
+        photos = check_photos(tuple(images), out)  # before any run or model is opened
         use_tracking(default_tracking_uri(store_root(root, cfg.tracking)))  # models:/ URIs: this workspace's registry
         op, provenance = resolve_operator(operator, root)
         prior_file = prior or Workspace(root, cfg.paths).prior("clean")
         dev = pick_device(device)
         flow = FlowPrior.load(prior_file, dev)
-        job = dataclasses.replace(job, tile=auto_tile(flow) if tile is None else tile)
+        job = PhotoJob(tuple(images), out, method, auto_tile(flow) if tile is None else tile, noise_sigma, model_error)
         settings = {"operator": provenance, "prior": file_md5(prior_file)}
         digests = {str(p): file_md5(p) for p in photos if p.is_file()}
         tags = {**provenance, "ddmops.method": method, "ddmops.prior": str(prior_file), "ddmops.device": str(dev)}

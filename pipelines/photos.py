@@ -47,7 +47,7 @@ class PhotoJob:
     inputs: tuple[Path, ...]  # image files and folders (searched recursively)
     out: Path
     method: str = "pnp"
-    tile: int | None = None  # > 0: the prior sees larger photos as tiles of this side; 0: whole; None: auto
+    tile: int = 0  # > 0: the prior sees larger photos as blended tiles of this side (default: auto_tile)
     noise_sigma: float | None = None  # None: estimated per photo (ddmops/noise.py)
     model_error: float = MODEL_ERROR
     seed: int = 0
@@ -79,20 +79,20 @@ def expand(inputs: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-def check_job(job: PhotoJob) -> list[Path]:
-    """The photos of ``job``, refused before anything runs when there are none, when two share a
-    name (outputs keep the names), or when the output folder lies inside an input folder or is
-    where an input photo is."""
-    out = job.out.resolve()
-    for path in job.inputs:
+def check_photos(inputs: tuple[Path, ...], out: Path) -> list[Path]:
+    """The photos of ``inputs``, refused before anything runs when there are none, when two share a
+    name (outputs keep the names), or when the output folder ``out`` lies inside an input folder or
+    is where an input photo is."""
+    where = out.resolve()
+    for path in inputs:
         p = Path(path).resolve()
         folder = p if p.is_dir() else p.parent
-        if out == folder or out.is_relative_to(folder) and p.is_dir():
-            raise DdmopsError(f"--out {job.out}: inside the inputs ({path}); restored photos would mix with (or "
+        if where == folder or where.is_relative_to(folder) and p.is_dir():
+            raise DdmopsError(f"--out {out}: inside the inputs ({path}); restored photos would mix with (or "
                               "overwrite) the originals: choose a folder outside them")
-    photos = expand(job.inputs)
+    photos = expand(inputs)
     if not photos:
-        raise DdmopsError(f"no images among {', '.join(map(str, job.inputs))} ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DdmopsError(f"no images among {', '.join(map(str, inputs))} ({', '.join(sorted(IMAGE_SUFFIXES))})")
     names = [p.name for p in photos]
     if len(set(names)) < len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -107,15 +107,14 @@ def output_name(photo: Path, depth: int) -> str:
 def restore_photos(job: PhotoJob, photos: list[Path], digests: dict[str, str], operator: PsfOperator,
                    prior: FlowPrior, cfg: InvertConfig, tracker: Tracker, device: torch.device, settings: dict,
                    on_photo: Callable[[int, int, str], None] = lambda *a: None) -> PhotoResult:
-    """Restore every readable photo of ``photos`` (from :func:`check_job`; ``digests``: the MD5 of
+    """Restore every readable photo of ``photos`` (from :func:`check_photos`; ``digests``: the MD5 of
     each that is a file); ``settings`` (what the outputs depend on besides the input: operator,
     prior, method, ...) key the manifest, so changed settings redo the photos."""
     cfg = dataclasses.replace(cfg, method=job.method)
-    tile = auto_tile(prior) if job.tile is None else job.tile
-    key = config_digest(settings, job.method, tile, job.noise_sigma, job.model_error, job.seed)
+    key = config_digest(settings, job.method, job.tile, job.noise_sigma, job.model_error, job.seed)
     manifest_file = job.out / MANIFEST
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    prior.tile = tile
+    prior.tile = job.tile
     channels = prior.arch.img_channels
     written, skipped, failed, pixels, seconds, residuals = [], [], {}, 0, 0.0, []
     for i, photo in enumerate(photos):
