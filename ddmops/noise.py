@@ -18,15 +18,15 @@ import torch
 SUPPRESSED = 0.5  # finest / second scale below this: the finest scale was emptied by compression
 
 
-def mad_sigma(image: np.ndarray, level: int) -> float:
-    """MAD noise std of a 2-D image from its diagonal coefficients at ``level`` (1 = finest)."""
-    diagonal = pywt.wavedec2(image, "db2", level=level)[1][2]  # the coarsest of `level` detail sets
-    return float(np.median(np.abs(diagonal)) / 0.6745)
+def mad_sigmas(image: np.ndarray) -> tuple[float, float]:
+    """MAD noise std of a 2-D image from its diagonal coefficients at the finest scale and the
+    next, from one two-level decomposition."""
+    _, (_, _, second), (_, _, finest) = pywt.wavedec2(image, "db2", level=2)
+    return tuple(float(np.median(np.abs(d)) / 0.6745) for d in (finest, second))
 
 
 def estimate_noise(images: list[torch.Tensor]) -> float:
     """Noise std in the [-1, 1] range of images (C, H, W) in [-1, 1]."""
-    planes = [x.double().numpy()[c] for x in images for c in range(x.shape[0])]
-    finest = float(np.median([mad_sigma(p, 1) for p in planes]))
-    second = float(np.median([mad_sigma(p, 2) for p in planes]))
+    levels = np.array([mad_sigmas(x.double().numpy()[c]) for x in images for c in range(x.shape[0])])
+    finest, second = (float(v) for v in np.median(levels, axis=0))
     return second if finest < SUPPRESSED * second else finest
