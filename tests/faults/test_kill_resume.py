@@ -70,6 +70,20 @@ def _interrupt(monkeypatch, module, name: str, at: int) -> list[int]:
     return calls
 
 
+def _interrupt_and_rerun(monkeypatch, module, name: str, params, ws, stage: str, item: str,
+                         checkpoint) -> tuple[dict, list[int]]:
+    """Run ``stage`` with ``module.name`` interrupted on its second call (the checkpoint then holds
+    one finished part), then rerun it uninterrupted; -> (the rerun's metrics, the call counter
+    started at -100 for the rerun)."""
+    from pipelines.runner import run_stage
+    calls = _interrupt(monkeypatch, module, name, at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(stage, params, ws, item=item, progress=False)
+    assert len(torch.load(checkpoint, weights_only=True)["parts"]) == 1
+    calls[0] = -100  # the rerun goes through
+    return run_stage(stage, params, ws, item=item, progress=False), calls
+
+
 def _images(path):
     with np.load(path) as f:
         return np.stack([f[k] for k in sorted(f.files) if k.startswith("img_")])
@@ -135,13 +149,8 @@ def test_interrupted_dps_resumes_from_its_finished_batches(tiny_workspace, monke
     assert len(reference) == 2 and not (ws / ".checkpoints" / "restore-superres-dps.pt").exists()
     out.unlink()
 
-    calls = _interrupt(monkeypatch, restore_module, "dps", at=2)
-    with pytest.raises(KeyboardInterrupt):
-        run_stage("restore-dps", params, ws, item="superres", progress=False)
-    assert len(torch.load(ws / ".checkpoints" / "restore-superres-dps.pt", weights_only=True)["parts"]) == 1
-
-    calls[0] = -100  # the rerun goes through
-    second = run_stage("restore-dps", params, ws, item="superres", progress=False)
+    second, calls = _interrupt_and_rerun(monkeypatch, restore_module, "dps", params, ws, "restore-dps", "superres",
+                                         ws / ".checkpoints" / "restore-superres-dps.pt")
     assert calls[0] == -99  # only the second image was restored again
     np.testing.assert_allclose(_images(out), reference, rtol=0, atol=1e-6)
     assert second["psnr/dps"] == pytest.approx(first["psnr/dps"], abs=1e-6) and second["nfe/dps"] == first["nfe/dps"]
@@ -203,13 +212,8 @@ def test_interrupted_invert_resumes_from_its_finished_batches(tiny_workspace, mo
     reference = {n: _images(out / f"{n}.npz") for n in ("learned", "oracle")}
     assert len(reference["learned"]) >= 2 and not list((ws / ".checkpoints").glob("invert-*"))
 
-    calls = _interrupt(monkeypatch, invert_module, "invert", at=2)
-    with pytest.raises(KeyboardInterrupt):
-        run_stage("invert", params, ws, item="deblur", progress=False)
-    assert len(torch.load(ws / ".checkpoints" / "invert-deblur-learned.pt", weights_only=True)["parts"]) == 1
-
-    calls[0] = -100  # the rerun goes through
-    second = run_stage("invert", params, ws, item="deblur", progress=False)
+    second, calls = _interrupt_and_rerun(monkeypatch, invert_module, "invert", params, ws, "invert", "deblur",
+                                         ws / ".checkpoints" / "invert-deblur-learned.pt")
     assert calls[0] == -100 + len(reference["learned"]) - 1 + len(reference["oracle"])  # batch 0 not redone
     for name in reference:
         np.testing.assert_allclose(_images(out / f"{name}.npz"), reference[name], rtol=0, atol=1e-6)
