@@ -70,12 +70,14 @@ def support_size(kernel: np.ndarray, margin: int = 2, floor: float = 0.01) -> in
     return int(min(kernel.shape[0], 2 * (np.ceil(half) + margin) + 1))
 
 
-def window_psnr(x_hat: torch.Tensor, truth: torch.Tensor, k_hat: int, k: int) -> float:
-    """PSNR on the observation's window: x_hat (a restoration from a kernel of side k_hat) and the
-    truth (observed through one of side k) cropped to the centre both cover."""
+def window_psnr(x_hat: torch.Tensor, truth: torch.Tensor, k_hat: int, k: int, shift: tuple[int, int] = (0, 0)) -> float:
+    """PSNR on the observation's window: x_hat (a restoration from a kernel of side k_hat, which
+    moves the picture by ``shift``: evaluate.registration) and the truth (observed through one of
+    side k) cropped to the centre both cover."""
     a, b = (k_hat - 1) // 2, (k - 1) // 2
-    xh = x_hat[..., a:x_hat.shape[-2] - a, a:x_hat.shape[-1] - a]
-    xt = truth[..., b:truth.shape[-2] - b, b:truth.shape[-1] - b]
+    (dr, dc), h, w = shift, x_hat.shape[-2] - 2 * a, x_hat.shape[-1] - 2 * a
+    xh = x_hat[..., a:a + h, a:a + w]
+    xt = truth[..., b - dr:b - dr + h, b - dc:b - dc + w]
     return psnr(xh.clamp(-1, 1), xt).mean().item()
 
 
@@ -86,12 +88,13 @@ def classical_rows(ws: Workspace, task: str, learned: PsfOperator, truth_op: Psf
     out = {}
     for name, op in (("learned", learned), ("true", truth_op)):
         k, side, true_side = op.psfs()[0], op.kernel_size, truth_op.kernel_size
-        score = {f"wiener b{b}": window_psnr(classical.wiener(y, k, b), x, side, true_side)
-                 for b in (0.003, 0.01, 0.03, 0.1)}
-        out[f"wiener/{name}"] = max(score.values())
-        out[f"unsupervised wiener/{name}"] = window_psnr(classical.unsupervised_wiener(y, k), x, side, true_side)
-        out[f"richardson-lucy/{name}"] = max(window_psnr(classical.richardson_lucy(y, k, n), x, side, true_side)
-                                             for n in (10, 30, 100))
+        shift = evaluate.registration(op, truth_op)
+
+        def score(x_hat):
+            return window_psnr(x_hat, x, side, true_side, shift)
+        out[f"wiener/{name}"] = max(score(classical.wiener(y, k, b)) for b in (0.003, 0.01, 0.03, 0.1))
+        out[f"unsupervised wiener/{name}"] = score(classical.unsupervised_wiener(y, k))
+        out[f"richardson-lucy/{name}"] = max(score(classical.richardson_lucy(y, k, n)) for n in (10, 30, 100))
     return out
 
 

@@ -21,7 +21,7 @@ from ddmops.data import load_geometry, load_image_set
 from ddmops.ddm4ip.learner import stack_errors
 from ddmops.io import read_json, save_png, write_json
 from ddmops.metrics import kernel_errors, kernel_sanity, luma, psnr, residual_ratio, ssim
-from ddmops.operators.psf_operator import PsfOperator, field_positions
+from ddmops.operators.psf_operator import PsfGridKernels, PsfOperator, field_positions
 from ddmops.ops.serving import INFO_FILE
 from ddmops.plots import image_grid
 from pipelines.context import StageContext
@@ -55,6 +55,15 @@ def _placed(images: torch.Tensor, geometry: torch.Tensor, truth_geometry: torch.
     return out
 
 
+def registration(learned: PsfOperator, truth: PsfOperator | None) -> tuple[int, int]:
+    """The translation (rows, cols) of the truth's PSF against the learned one (0, 0 for PSF grids
+    or without a truth). A blur is known only up to a translation, which moves the picture: a
+    restoration with the learned PSF is the truth image moved by it, so it is placed back by it."""
+    if truth is None or isinstance(learned, PsfGridKernels):
+        return 0, 0
+    return kernel_errors(learned.psfs()[0], truth.psfs()[0]).shift
+
+
 def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
     if "observed" in read_json(ctx.ws.observed(task, "meta")):
         return unsupervised(cfg, ctx, task)
@@ -64,11 +73,17 @@ def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
     y = torch.stack(load_image_set(ctx.ws.observed(task, "test")))
     y_geom = load_geometry(ctx.ws.observed(task, "test"))
     factor = round((t_geom[0, 2] / y_geom[0, 2]).item())
+    learned = PsfOperator.load(ctx.ws.operator(task))
+    truth_file = ctx.ws.observed(task, "truth")
+    true_op = PsfOperator.load(truth_file) if truth_file.exists() else None
+    shift = registration(learned, true_op)
     candidates = {"input": on_grid(y, tuple(y_geom[0, :2].tolist()), factor, tuple(t_geom[0, :2].tolist()), size)}
     for name, label in (("learned", "restored"), ("oracle", "oracle")):
         if ctx.ws.restored(task, name).exists():
-            candidates[label] = _placed(torch.stack(load_image_set(ctx.ws.restored(task, name))),
-                                        load_geometry(ctx.ws.restored(task, name)), t_geom, size)
+            geom = load_geometry(ctx.ws.restored(task, name)).clone()
+            if name == "learned":
+                geom[:, :2] -= torch.tensor(shift, dtype=geom.dtype)
+            candidates[label] = _placed(torch.stack(load_image_set(ctx.ws.restored(task, name))), geom, t_geom, size)
     valid = torch.stack([~c[0, 0].isnan() for c in candidates.values()]).all(0)
     rows, cols = valid.any(1).nonzero().flatten(), valid.any(0).nonzero().flatten()
     b = factor if factor > 1 else 0  # SR convention: crop a border of the scale factor
@@ -85,11 +100,9 @@ def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
         per_image += [{"image": i, "method": name, "psnr": pi, "ssim": si}
                       for i, (pi, si) in enumerate(zip(p.tolist(), s.tolist()))]
 
-    learned = PsfOperator.load(ctx.ws.operator(task))
-    truth_file = ctx.ws.observed(task, "truth")
-    true_op = PsfOperator.load(truth_file) if truth_file.exists() else None
     if true_op is not None:
         true = true_op.psfs()
+        metrics |= {"kernel/shift_rows": shift[0], "kernel/shift_cols": shift[1]}
         metrics |= stack_errors(learned.psfs_at_nodes_of(true_op), true)
         k = true.shape[-1]
         metrics |= {"kernel/ncc_delta": sum(kernel_errors(torch.ones(1, 1), t).ncc for t in true) / len(true),

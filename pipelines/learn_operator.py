@@ -8,9 +8,10 @@ import torch
 
 from ddmops.config import LearnOperatorConfig
 from ddmops.data import PatchSampler, load_geometry, load_image_set
+from ddmops.ddm4ip.blind import blind_kernel, gray_tiles
 from ddmops.ddm4ip.learner import learn_operator, stack_errors
 from ddmops.ddm4ip.models import LearnableOperator, build_model
-from ddmops.ddm4ip.spectral import SpectralTarget, fit_gaussians, spectral_target
+from ddmops.ddm4ip.spectral import SpectralTarget, fit_gaussians, spectral_loss, spectral_target
 from ddmops.flow.prior import FlowPrior
 from ddmops.io import read_json, save_png, write_json
 from ddmops.operators.psf_operator import PsfOperator
@@ -41,6 +42,7 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     crops, crop_pos = PatchSampler(load_image_set(heldout_file), patch, geometry=load_geometry(heldout_file)
                                    ).sample_with_position(HELDOUT_CROPS, torch.Generator().manual_seed(cfg.seed + 3))
     spectral = second_order(cfg, ctx, task, model, sigma)
+    start = blind_or_spectral(cfg, ctx, model, task, spectral)
     truth_file = ctx.ws.observed(task, "truth")
     truth = PsfOperator.load(truth_file) if truth_file.exists() else None
 
@@ -68,7 +70,7 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     for name in (out.name, INFO_FILE, "operator.png"):
         ctx.tracker.log_artifact(out.parent / name, "operator")
     metrics = {k: v for k, v in result.losses.items() if k.startswith(("loss/", "score/"))}
-    metrics |= {"train/steps": result.steps, "train/images": result.images, "train/seconds": result.seconds}
+    metrics |= start | {"train/steps": result.steps, "train/images": result.images, "train/seconds": result.seconds}
     if truth is not None:
         metrics |= stack_errors(learned.psfs_at_nodes_of(truth), truth.psfs())
     if ctx.register and ctx.tracker.run_id:  # a real MLflow run: a new registry version with alias `candidate`
@@ -83,9 +85,9 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
 def second_order(cfg: LearnOperatorConfig, ctx: StageContext, task: str, model: LearnableOperator,
                  sigma: float) -> SpectralTarget | None:
     """The sets' power spectra when the config uses them (init 'spectral', reg.spectral), on the
-    largest crops both sets hold (at most 64 px); for init 'spectral' the model starts from the
-    Gaussian PSFs that fit them. Crops are drawn with the learner's seed."""
-    if cfg.init != "spectral" and cfg.reg.spectral == 0:
+    largest crops both sets hold (at most 64 px); for init 'spectral' (and 'auto') the model starts
+    from the Gaussian PSFs that fit them. Crops are drawn with the learner's seed."""
+    if cfg.init not in ("spectral", "auto") and cfg.reg.spectral == 0:
         return None
     clean, observed = load_image_set(ctx.ws.prepared("clean")), load_image_set(ctx.ws.observed(task, "train"))
     side = min(64, min(min(y.shape[-2:]) for y in observed), min(min(x.shape[-2:]) for x in clean) // model.factor)
@@ -93,6 +95,41 @@ def second_order(cfg: LearnOperatorConfig, ctx: StageContext, task: str, model: 
     target = spectral_target(PatchSampler(clean, model.factor * patch),
                              PatchSampler(observed, patch, geometry=load_geometry(ctx.ws.observed(task, "train"))),
                              sigma, model.factor, model.grid_shape, generator=torch.Generator().manual_seed(cfg.seed))
-    if cfg.init == "spectral":
+    if cfg.init in ("spectral", "auto"):
         model.set_psfs(fit_gaussians(target, model.size))
     return target
+
+
+def blind_or_spectral(cfg: LearnOperatorConfig, ctx: StageContext, model: LearnableOperator, task: str,
+                      spectral: SpectralTarget | None) -> dict[str, float]:
+    """init 'blind': the model starts from the blind kernel; 'auto': from the blind kernel or the
+    spectral Gaussian, whichever fits the sets' spectra better (a Gaussian-like blur is the
+    Gaussian's; a motion blur, whose spectrum no Gaussian fits, the blind one's). -> the start's
+    scores (metrics init/*)."""
+    if cfg.init not in ("blind", "auto"):
+        return {}
+    blind = blind_start(ctx.ws.observed(task, "train"), model.size, cfg.seed)[None].float()
+    if cfg.init == "blind":
+        model.set_psfs(blind)
+        return {}
+    losses = {"init/spectral_loss_gaussian": spectral_loss(model.kernels().detach(), spectral).item(),
+              "init/spectral_loss_blind": spectral_loss(blind, spectral).item()}
+    chose_blind = losses["init/spectral_loss_blind"] < losses["init/spectral_loss_gaussian"]
+    if chose_blind:
+        model.set_psfs(blind)
+    ctx.tracker.set_tags({"ddmops.init": "blind" if chose_blind else "spectral"})
+    return losses | {"init/blind": float(chose_blind)}
+
+
+BLIND_TILES = 512  # observed tiles the blind start deconvolves at most
+
+
+def blind_start(observed_file, size: int, seed: int) -> torch.Tensor:
+    """init 'blind': the kernel (size, size) the observed set's edges imply, on tiles of 64 px or 4
+    kernel widths where the photos allow (the kernel step reads the centre, side - size + 1 px)."""
+    images = load_image_set(observed_file)
+    side = min(max(64, 4 * size), min(min(y.shape[-2:]) for y in images))
+    if side < size + 16:
+        raise ValueError(f"learn_operator init 'blind': observed images of {side} px are too small for a "
+                         f"{size} px kernel (at least {size + 16} px)")
+    return blind_kernel(gray_tiles(images, side, BLIND_TILES, torch.Generator().manual_seed(seed)), size)

@@ -101,8 +101,10 @@ class LearnOperatorConfig:
 
     kernel_size: int = 9
     # spectral: anisotropic Gaussians fitted to the clean and observed power spectra (second-order
-    # distribution matching); gaussian: a broad centred one; uniform; random
-    init: Literal["spectral", "gaussian", "uniform", "random"] = "gaussian"
+    # distribution matching); blind: blind deconvolution of the observed set, coarse to fine; auto:
+    # the one of these two that fits the spectra better (blind and auto: uniform blur only, deblur);
+    # gaussian: a broad centred one; uniform; random
+    init: Literal["spectral", "blind", "auto", "gaussian", "uniform", "random"] = "gaussian"
     param: Literal["abs", "softmax"] = "abs"  # kernel = |raw| / sum|raw| (DDM4IP) or softmax(raw)
     grid: tuple[int, int] = (4, 4)
     factor: int = 2  # the (known) scale of the SR task
@@ -139,6 +141,12 @@ class LearnOperatorTasks:
     psf_grid: LearnOperatorConfig = field(default_factory=LearnOperatorConfig)
     sr_kernel: LearnOperatorConfig = field(default_factory=lambda: LearnOperatorConfig(
         reg=KernelRegConfig(center=0.1, sum_to_one=0.1)))
+
+    def __post_init__(self):
+        for task in ("psf_grid", "sr_kernel"):
+            if getattr(self, task).init in ("blind", "auto"):
+                raise ValueError(f"learn_operator.{task}.init: {getattr(self, task).init!r} needs the blind start, "
+                                 "which estimates one uniform blur (deblur only); use 'spectral'")
 
 
 @dataclass(frozen=True)

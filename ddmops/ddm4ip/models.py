@@ -189,10 +189,10 @@ MODELS: dict[str, Callable[[LearnOperatorConfig, torch.Generator], LearnableOper
 
 
 def _start(init: str) -> str:
-    return "gaussian" if init == "spectral" else init  # the spectral PSFs come later (set_psfs)
+    return "gaussian" if init in ("spectral", "blind", "auto") else init  # their PSFs come later (set_psfs)
 
 
 def build_model(task: str, cfg: LearnOperatorConfig, generator: torch.Generator) -> LearnableOperator:
-    """The learnable forward model of DDM4IP task ``task`` (for init 'spectral': a broad Gaussian
-    until :meth:`set_psfs` gives it the spectral estimate)."""
+    """The learnable forward model of DDM4IP task ``task`` (for init 'spectral', 'blind', 'auto': a broad
+    Gaussian until :meth:`set_psfs` gives it the estimate)."""
     return MODELS[task](cfg, generator)
