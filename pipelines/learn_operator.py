@@ -20,6 +20,7 @@ from ddmops.strict import flatten, to_dict
 from pipelines.context import StageContext
 
 HELDOUT_CROPS = 64  # real observation crops scoring the simulated ones (score/observation_gap)
+BLIND_TILES = 512  # observed tiles the blind start deconvolves at most
 
 
 def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, float]:
@@ -119,9 +120,6 @@ def blind_or_spectral(cfg: LearnOperatorConfig, ctx: StageContext, model: Learna
         model.set_psfs(blind)
     ctx.tracker.set_tags({"ddmops.init": "blind" if chose_blind else "spectral"})
     return losses | {"init/blind": float(chose_blind)}
-
-
-BLIND_TILES = 512  # observed tiles the blind start deconvolves at most
 
 
 def blind_start(observed_file, size: int, seed: int) -> torch.Tensor:

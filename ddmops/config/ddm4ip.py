@@ -144,8 +144,9 @@ class LearnOperatorTasks:
 
     def __post_init__(self):
         for task in ("psf_grid", "sr_kernel"):
-            if getattr(self, task).init in ("blind", "auto"):
-                raise ValueError(f"learn_operator.{task}.init: {getattr(self, task).init!r} needs the blind start, "
+            init = getattr(self, task).init
+            if init in ("blind", "auto"):
+                raise ValueError(f"learn_operator.{task}.init: {init!r} needs the blind start, "
                                  "which estimates one uniform blur (deblur only); use 'spectral'")
 
 

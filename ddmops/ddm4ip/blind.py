@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ddmops.operators.kernels import center_of_mass
+
 LAM = 4e-3  # L0 weight on [0, 1] images, decayed by 0.9 per round down to LAM_MIN
 LAM_MIN = 1e-4
 GAMMA = 1e-3  # kernel ridge, per 1000 gradient samples
@@ -129,9 +131,8 @@ def clean_kernel(kernel: torch.Tensor) -> torch.Tensor:
         mass = ndimage.sum(k.numpy(), labels, range(1, n + 1))
         k = k * torch.from_numpy(np.isin(labels, 1 + np.flatnonzero(mass >= BLOB * mass.max())))
     size = k.shape[-1]
-    idx = torch.arange(size, dtype=k.dtype)
-    total = k.sum()
-    shift = [round((size - 1) / 2 - float((k.sum(1 - d) * idx).sum() / total)) for d in (0, 1)]
+    shift = torch.round((size - 1) / 2 - center_of_mass(k)).long().tolist()
+    # padded, not wrapped: mass moved past the border is dropped (operators.kernels.center_kernel would not move it)
     k = torch.roll(F.pad(k, [size] * 4), shift, (0, 1))[size:2 * size, size:2 * size]
     return k / k.sum()
 
