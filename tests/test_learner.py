@@ -139,3 +139,27 @@ def test_learner_recovers_an_sr_kernel(tmp_path):
     errors = kernel_errors(learned.psfs()[0], true)
     assert errors.ncc >= 0.99 and errors.mae < start.mae / 2, (errors, start)
     assert learned.factor == 2 and abs(float(learned.kernel.sum()) - 1) < 1e-5
+
+
+def test_learner_without_a_pass_returns_its_start_scored(tmp_path):
+    """images 0: no distribution-matching step; the start comes back unchanged (bit for bit),
+    with its errors against the truth, the observation gap and one kernel picture."""
+    from ddmops.flow.prior import FlowPrior
+    from ddmops.flow.unet import UNetArch, VelocityUNet
+    g = torch.Generator().manual_seed(0)
+    clean = dead_leaves(4, 24, g)
+    prior = FlowPrior(VelocityUNet(UNetArch.from_config(UNetConfig(channels=8), 1, 8)), {"patch_size": 8})
+    model = KernelModel(5, "gaussian", torch.Generator().manual_seed(0))
+    start = gaussian_kernel(5, (1.2, 0.6), 30.0)
+    model.set_psfs(start[None])
+    pictures = []
+    cfg = LearnOperatorConfig(kernel_size=5, batch_size=4, images=0)
+    result = learn_operator(cfg, model, PatchSampler(clean, model.crop_size(8)), prior, sigma=0.02,
+                            device=torch.device("cpu"), tracker=NullTracker(), checkpoint=tmp_path / "learn.pt",
+                            run_key="", truth=start[None], heldout=(torch.rand(8, 1, 8, 8) * 2 - 1, None),
+                            on_kernels=lambda k, n: pictures.append(n), progress=False)
+    assert result.steps == 0 and result.images == 0
+    assert torch.equal(result.kernels, model.kernels().detach().cpu())
+    assert torch.allclose(result.kernels[0], start.to(result.kernels), atol=1e-6)
+    assert result.losses["kernel/ncc"] > 0.9999 and result.losses["score/observation_gap"] >= 0
+    assert pictures == [0] and not (tmp_path / "learn.pt").exists()

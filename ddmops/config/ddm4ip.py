@@ -111,7 +111,7 @@ class LearnOperatorConfig:
     sr_struct: tuple[int, ...] = (7, 5, 3, 1, 1, 1)  # KernelGAN's layer sizes
     sr_channels: int = 64
     batch_size: int = 32
-    images: int = 48_000  # images seen by the kernel update
+    images: int = 48_000  # images seen by the kernel update; 0: no pass, the start is the operator
     lr_kernel: float = 1e-3
     lr_aux: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
@@ -128,9 +128,9 @@ class LearnOperatorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_ranges(self, positive=("factor", "sr_channels", "batch_size", "images", "lr_kernel", "lr_aux",
+        check_ranges(self, positive=("factor", "sr_channels", "batch_size", "lr_kernel", "lr_aux",
                                      "log_every", "plot_every", "checkpoint_every"),
-                     nonnegative=("noise_sigma",), unit=("kernel_ema",))
+                     nonnegative=("images", "noise_sigma",), unit=("kernel_ema",))
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
 

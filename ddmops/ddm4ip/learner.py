@@ -60,7 +60,8 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
                    progress: bool = True, nan_policy: str = "stop") -> OperatorLearnResult:
     """Learn ``model``'s parameters. ``clean`` samples crops of model.crop_size(P) for the
     prior's patch size P; ``truth`` (N, K, K), when known, only feeds the logged error curves,
-    against ``align`` of the model's PSFs (the estimate at the truth's PSF positions).
+    against ``align`` of the model's PSFs (the estimate at the truth's PSF positions). With
+    ``cfg.images`` 0 there is no pass: the model's start is scored once and returned.
 
     ``heldout``: real observation crops (M, C, P, P) the prior was not trained on, with their
     positions (M, 2, P, P) or None; each log step then records ``score/observation_gap``, a
@@ -79,7 +80,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
     aux_net = compiled(aux, cfg.compile, "operator learning (auxiliary flow)")
     pre_net = compiled(v_pre.net, cfg.compile, "operator learning (observation prior)")
     ema = model.kernels().detach().clone()
-    total_steps = max(1, cfg.images // cfg.batch_size)
+    total_steps = max(1, cfg.images // cfg.batch_size) if cfg.images else 0  # 0: keep the start
     saved = Resumable(checkpoint, run_key, model=model, aux=aux, opt_kernel=opt_k, opt_aux=opt_aux,
                       ema_kernels=ema, data_gen=data_gen, noise_gen=noise_gen)
     step = saved.resume(device)
@@ -110,6 +111,17 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
 
     def crossed(every: int) -> bool:
         return schedule.crossed(step, cfg.batch_size, every)
+
+    def log(images: int) -> dict[str, float]:
+        """The window's mean losses, the kernel's errors (given a truth), the observation gap."""
+        means, _, _ = window.read()
+        logged = means | {"train/skipped_batches": guard.skipped}
+        if truth is not None:
+            logged |= stack_errors(align(ema.cpu()), truth.cpu())
+        if heldout is not None:
+            logged["score/observation_gap"] = observation_gap()
+        tracker.log_metrics(logged, step=images)
+        return logged
 
     guard = NanGuard(nan_policy, checkpoint)
     t0, logged = time.perf_counter(), {}
@@ -147,13 +159,7 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
             images = step * cfg.batch_size
             if crossed(cfg.log_every) or step == total_steps:
                 guard.check()
-                means, _, _ = window.read()
-                logged = means | {"train/skipped_batches": guard.skipped}
-                if truth is not None:
-                    logged |= stack_errors(align(ema.cpu()), truth.cpu())
-                if heldout is not None:
-                    logged["score/observation_gap"] = observation_gap()
-                tracker.log_metrics(logged, step=images)
+                logged = log(images)
                 bar.update(step, " ".join(f"{k.split('/')[-1]} {v:.3g}" for k, v in logged.items()
                                           if k in ("loss/dm", "kernel/ncc")))
             if on_kernels is not None and (crossed(cfg.plot_every) or step == total_steps):
@@ -161,6 +167,10 @@ def learn_operator(cfg: LearnOperatorConfig, model: LearnableOperator, clean: Pa
             if crossed(cfg.checkpoint_every) or step == total_steps:
                 guard.check()  # never save past a non-finite step
                 saved.save(step)
+        if total_steps == 0:  # no pass: the start is the result, scored once
+            logged = log(0)
+            if on_kernels is not None:
+                on_kernels(ema.detach().cpu(), 0)
     return OperatorLearnResult(kernels=ema.detach().cpu(), steps=step, images=step * cfg.batch_size,
                                seconds=time.perf_counter() - t0,
                                losses={k: v for k, v in logged.items() if not math.isnan(v)})
