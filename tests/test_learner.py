@@ -156,7 +156,7 @@ def test_learner_without_a_pass_returns_its_start_scored(tmp_path):
     cfg = LearnOperatorConfig(kernel_size=5, batch_size=4, images=0)
     result = learn_operator(cfg, model, PatchSampler(clean, model.crop_size(8)), prior, sigma=0.02,
                             device=torch.device("cpu"), tracker=NullTracker(), checkpoint=tmp_path / "learn.pt",
-                            run_key="", truth=start[None], heldout=(torch.rand(8, 1, 8, 8) * 2 - 1, None),
+                            run_key="", truth=start[None], heldout=(torch.rand(8, 1, 8, 8, generator=g) * 2 - 1, None),
                             on_kernels=lambda k, n: pictures.append(n), progress=False)
     assert result.steps == 0 and result.images == 0
     assert torch.equal(result.kernels, model.kernels().detach().cpu())

@@ -130,7 +130,7 @@ class LearnOperatorConfig:
     def __post_init__(self):
         check_ranges(self, positive=("factor", "sr_channels", "batch_size", "lr_kernel", "lr_aux",
                                      "log_every", "plot_every", "checkpoint_every"),
-                     nonnegative=("images", "noise_sigma",), unit=("kernel_ema",))
+                     nonnegative=("images", "noise_sigma"), unit=("kernel_ema",))
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
 
