@@ -6,8 +6,8 @@ Every observed tile shares one kernel k. Each round alternates (Xu et al. 2013, 
 half-quadratic splitting, solved in Fourier on a reflect-padded field, and (b) the kernel shared
 by all tiles: min sum ||valid(grad x * k) - grad y||^2 + gamma ||k||^2 by conjugate gradients,
 counting only outputs whose support lies inside the observed tile, then non-negative, small
-entries and stray blobs removed, sum 1, centroid centred. Rounds start from a 3 px kernel on
-tiles shrunk to match and grow by sqrt(2) per scale up to the kernel size. The power spectrum
+entries and stray blobs removed, sum 1, centroid centred. Rounds start at about 5 px from a
+two-pixel seed, on tiles shrunk to match, and grow by sqrt(2) per scale up to the kernel size. The power spectrum
 (:mod:`ddmops.ddm4ip.spectral`) fixes a blur only up to its phase; edges fix the phase.
 """
 
@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from ddmops.operators.kernels import center_of_mass
 
-LAM = 4e-3  # L0 weight on [0, 1] images, decayed by 0.9 per round down to LAM_MIN
+LAM = 4e-3  # L0 weight on [0, 1] images: from LAM at each scale, decayed by 0.9 per round down to LAM_MIN
 LAM_MIN = 1e-4
 GAMMA = 1e-3  # kernel ridge, per 1000 gradient samples
 ROUNDS = 6  # latent / kernel rounds per scale
