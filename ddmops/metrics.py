@@ -31,6 +31,31 @@ def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x[..., top:top + h, left:left + w]
 
 
+def fourier_shift(x: torch.Tensor, shift: tuple[float, float]) -> torch.Tensor:
+    """x (..., H, W) moved by ``shift`` = (rows, cols) pixels, fractions included: band-limited
+    interpolation on the image mirrored to (2H, 2W), which is periodic without jumps, so nothing
+    wraps around and the edges ring little."""
+    h, w = x.shape[-2:]
+    xp = torch.cat([x, x.flip(-1)], -1).double()
+    xp = torch.cat([xp, xp.flip(-2)], -2)
+    fy = torch.fft.fftfreq(2 * h, dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(2 * w, dtype=torch.float64)[None]
+    phase = torch.exp(-2j * torch.pi * (fy * shift[0] + fx * shift[1]))
+    return torch.fft.ifft2(torch.fft.fft2(xp) * phase).real[..., :h, :w].to(x.dtype)
+
+
+def best_translation(x: torch.Tensor, score, reach: float = 1.0) -> tuple[float, float]:
+    """The translation (rows, cols) within ``reach`` px that maximises ``score(fourier_shift(x, t))``
+    for images x (B, C, H, W): a quarter-pixel grid, then a 0.05 px grid around its best."""
+    def search(centre, step, n):
+        grid = [(centre[0] + i * step, centre[1] + j * step) for i in range(-n, n + 1) for j in range(-n, n + 1)]
+        grid = [t for t in grid if max(abs(t[0]), abs(t[1])) <= reach + 1e-9]
+        return max(grid, key=lambda t: float(score(fourier_shift(x, t))))
+    best = search((0.0, 0.0), 0.25, round(reach / 0.25))
+    best = search(best, 0.05, 4)
+    return round(best[0], 2), round(best[1], 2)
+
+
 @dataclass(frozen=True)
 class KernelErrors:
     ncc: float  # normalised cross-correlation (cosine) at the best integer shift

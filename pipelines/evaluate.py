@@ -20,7 +20,8 @@ from ddmops.config import EvaluateConfig
 from ddmops.data import load_geometry, load_image_set
 from ddmops.ddm4ip.learner import stack_errors
 from ddmops.io import read_json, save_png, write_json
-from ddmops.metrics import kernel_errors, kernel_sanity, luma, psnr, residual_ratio, ssim
+from ddmops.metrics import (best_translation, fourier_shift, kernel_errors, kernel_sanity, luma, psnr, residual_ratio,
+                            ssim)
 from ddmops.operators.psf_operator import PsfGridKernels, PsfOperator, field_positions
 from ddmops.ops.serving import INFO_FILE
 from ddmops.plots import image_grid
@@ -78,23 +79,33 @@ def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
     true_op = PsfOperator.load(truth_file) if truth_file.exists() else None
     shift = registration(learned, true_op)
     candidates = {"input": on_grid(y, tuple(y_geom[0, :2].tolist()), factor, tuple(t_geom[0, :2].tolist()), size)}
+    restorations = {}
     for name, label in (("learned", "restored"), ("oracle", "oracle")):
         if ctx.ws.restored(task, name).exists():
             geom = load_geometry(ctx.ws.restored(task, name)).clone()
             if name == "learned":
                 geom[:, :2] -= torch.tensor(shift, dtype=geom.dtype)
-            candidates[label] = _placed(torch.stack(load_image_set(ctx.ws.restored(task, name))), geom, t_geom, size)
+            restorations[label] = torch.stack(load_image_set(ctx.ws.restored(task, name))), geom
+            candidates[label] = _placed(*restorations[label], t_geom, size)
     valid = torch.stack([~c[0, 0].isnan() for c in candidates.values()]).all(0)
     rows, cols = valid.any(1).nonzero().flatten(), valid.any(0).nonzero().flatten()
     b = factor if factor > 1 else 0  # SR convention: crop a border of the scale factor
     window = (slice(rows[0] + b, rows[-1] + 1 - b), slice(cols[0] + b, cols[-1] + 1 - b))
     ref = truth[..., window[0], window[1]]
 
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return psnr(luma(x), luma(ref)) if factor > 1 else psnr(x, ref)
+
     metrics: dict[str, float] = {}
+    if "restored" in restorations:  # the learned operator's translation is known to a whole pixel: refine it
+        x, geom = restorations["restored"]
+        fine = best_translation(x, lambda m: score(_placed(m, geom, t_geom, size)[..., window[0], window[1]]).mean())
+        candidates["restored"] = _placed(fourier_shift(x, fine), geom, t_geom, size)
+        metrics |= {"restored/fine_shift_rows": fine[0], "restored/fine_shift_cols": fine[1]}
     per_image = []
     for name, x in candidates.items():
         x = x[..., window[0], window[1]]
-        p = psnr(luma(x), luma(ref)) if factor > 1 else psnr(x, ref)
+        p = score(x)
         s = ssim(x, ref)
         metrics |= {f"psnr/{name}": p.mean().item(), f"ssim/{name}": s.mean().item()}
         per_image += [{"image": i, "method": name, "psnr": pi, "ssim": si}

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddmops.metrics import center_crop, kernel_errors, psnr, ssim
+from ddmops.metrics import best_translation, center_crop, fourier_shift, kernel_errors, psnr, ssim
+from ddmops.operators.blur import convolve
 from ddmops.operators.kernels import gaussian_kernel
 
 
@@ -31,6 +32,33 @@ def test_kernel_errors_floor_values():
     k = gaussian_kernel(5, (100.0, 100.0))  # nearly uniform 5x5
     err = kernel_errors(torch.ones(1, 1), k)
     assert math.isclose(err.ncc, 0.2, rel_tol=1e-3)  # cos(delta, uniform) = 1/sqrt(25)
+
+
+def _smooth(generator, size=48):
+    """Smooth random images (2, 3, size, size): white noise under a 2 px Gaussian blur."""
+    x = torch.randn(2, 3, size + 16, size + 16, generator=generator, dtype=torch.float64)
+    return convolve(x, gaussian_kernel(17, (2.0, 2.0)).double(), "valid")
+
+
+def test_fourier_shift_moves_by_whole_and_fractional_pixels(generator):
+    x = _smooth(generator)
+    inner = (..., slice(10, -10), slice(10, -10))
+    torch.testing.assert_close(fourier_shift(x, (2.0, -3.0))[inner], torch.roll(x, (2, -3), (-2, -1))[inner],
+                               atol=1e-3, rtol=0)
+    halves = fourier_shift(fourier_shift(x, (0.5, -1.5)), (0.5, -1.5))
+    torch.testing.assert_close(halves[inner], torch.roll(x, (1, -3), (-2, -1))[inner], atol=1e-3, rtol=0)
+    torch.testing.assert_close(fourier_shift(x, (0.0, 0.0)), x)
+
+
+def test_best_translation_finds_a_fractional_shift_and_leaves_an_aligned_image(generator):
+    ref = _smooth(generator)
+    inner = (..., slice(6, -6), slice(6, -6))
+
+    def score(m):
+        return -((m - ref)[inner] ** 2).mean()
+    assert best_translation(fourier_shift(ref, (0.3, -0.45)), score) == (-0.3, 0.45)
+    assert best_translation(ref, score) == (0.0, 0.0)
+    assert best_translation(fourier_shift(ref, (2.0, 0.0)), score, reach=1.0) == (-1.0, 0.0)  # no further than reach
 
 
 def test_center_crop():
