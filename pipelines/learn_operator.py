@@ -30,12 +30,10 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     patch = int(prior.meta["patch_size"])
     model = build_model(task, cfg, torch.Generator().manual_seed(cfg.seed))
     if model.size > model.factor * patch // 2:
-        note = (f"learn_operator.{task}: a {model.size} px kernel is wider than half the observation prior's "
-                f"{model.factor * patch} px field of view (train_prior.{task}.patch_size {patch}); the prior cannot "
-                f"hold such a blur's statistics: use patches of at least {2 * model.size // model.factor} px "
-                "(init: spectral and reg.spectral still see it)")
-        print(f"warning: {note}", file=sys.stderr, flush=True)
-        ctx.tracker.set_tags({"ddmops.warning": note})
+        warn(ctx, f"learn_operator.{task}: a {model.size} px kernel is wider than half the observation prior's "
+                  f"{model.factor * patch} px field of view (train_prior.{task}.patch_size {patch}); the prior cannot "
+                  f"hold such a blur's statistics: use patches of at least {2 * model.size // model.factor} px "
+                  "(init: spectral and reg.spectral still see it)")
     clean_file = ctx.ws.prepared("clean")
     clean = PatchSampler(load_image_set(clean_file), model.crop_size(patch), flips=True,
                          geometry=load_geometry(clean_file))
@@ -109,7 +107,12 @@ def blind_or_spectral(cfg: LearnOperatorConfig, ctx: StageContext, model: Learna
     scores (metrics init/*)."""
     if cfg.init not in ("blind", "auto"):
         return {}
-    blind = blind_start(ctx.ws.observed(task, "train"), model.size, cfg.seed)[None].float()
+    images = load_image_set(ctx.ws.observed(task, "train"))
+    side, note = blind_side(images, model.size)
+    if note:
+        warn(ctx, f"learn_operator.{task}: {note}", "ddmops.warning.blind")
+    blind = blind_kernel(gray_tiles(images, side, BLIND_TILES, torch.Generator().manual_seed(cfg.seed)),
+                         model.size)[None].float()
     if cfg.init == "blind":
         model.set_psfs(blind)
         return {}
@@ -122,12 +125,23 @@ def blind_or_spectral(cfg: LearnOperatorConfig, ctx: StageContext, model: Learna
     return losses | {"init/blind": float(chose_blind)}
 
 
-def blind_start(observed_file, size: int, seed: int) -> torch.Tensor:
-    """init 'blind': the kernel (size, size) the observed set's edges imply, on tiles of 64 px or 4
-    kernel widths where the photos allow (the kernel step reads the centre, side - size + 1 px)."""
-    images = load_image_set(observed_file)
-    side = min(max(64, 4 * size), min(min(y.shape[-2:]) for y in images))
+def blind_side(images: list[torch.Tensor], size: int) -> tuple[int, str | None]:
+    """The side of the observed tiles the blind start reads for a ``size`` px kernel: 64 px or 4
+    kernel widths where the images (C, H, W) allow (the kernel step reads the centre, side - size
+    + 1 px); with a warning where they hold less than 4 kernel widths."""
+    have = min(min(y.shape[-2:]) for y in images)
+    side = min(max(64, 4 * size), have)
     if side < size + 16:
-        raise ValueError(f"learn_operator init 'blind': observed images of {side} px are too small for a "
+        raise ValueError(f"learn_operator init 'blind': observed images of {have} px are too small for a "
                          f"{size} px kernel (at least {size + 16} px)")
-    return blind_kernel(gray_tiles(images, side, BLIND_TILES, torch.Generator().manual_seed(seed)), size)
+    if side < 4 * size:
+        return side, (f"the blind start reads observed tiles of {side} px, under the 4 kernel widths ({4 * size} px) "
+                      f"it wants for a {size} px kernel (the kernel step sees {side - size + 1} px of each): cut larger "
+                      "tiles (prepare.tile_size, or degrade.observations.tile_size for a device's photos)")
+    return side, None
+
+
+def warn(ctx: StageContext, note: str, tag: str = "ddmops.warning") -> None:
+    """A warning on stderr and as a tag of the stage's run."""
+    print(f"warning: {note}", file=sys.stderr, flush=True)
+    ctx.tracker.set_tags({tag: note})

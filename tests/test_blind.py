@@ -121,3 +121,15 @@ def test_registration_moves_a_translated_kernel_s_picture_back():
     assert torch.allclose(y_true[..., 3:-3, 3:-3], y_learned[..., 3:-3, 3:-3])  # the moved image explains y
     grid = PsfGridKernels.from_psfs(true[None].repeat(4, 1, 1), grid=(2, 2))
     assert registration(grid, grid) == (0, 0) and registration(learned_op, None) == (0, 0)
+
+
+def test_blind_side_reads_four_kernel_widths_and_warns_on_narrower_tiles():
+    from pipelines.learn_operator import blind_side
+    wide, narrow = [torch.zeros(3, 100, 120)], [torch.zeros(3, 40, 40), torch.zeros(3, 64, 64)]
+    assert blind_side(wide, 23) == (92, None)
+    assert blind_side(wide, 9) == (64, None)  # at least 64 px where the images allow
+    side, note = blind_side(narrow, 23)
+    assert side == 40 and "tiles of 40 px" in note and "(92 px)" in note and "sees 18 px" in note
+    assert blind_side(narrow, 9) == (40, None)  # 4 kernel widths (36 px) fit
+    with pytest.raises(ValueError, match="observed images of 40 px are too small for a 25 px kernel"):
+        blind_side(narrow, 25)
