@@ -94,7 +94,7 @@ class PrepareConfig:
     # the other images go to the clean and degraded sets: whole images, or square tiles
     # assigned at random (disjoint pixels, so still unpaired, but with alike content)
     split: Literal["tiles", "images"] = "tiles"
-    tile_size: int = 64
+    tile_size: int = 128  # observed tiles hold 4 widths of a 25 px blur (the blind start reads that)
     clean_fraction: float = 0.5  # share of those images/tiles in the clean set
     test_crops: int = 4
     test_size: int = 64
