@@ -79,14 +79,15 @@ def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
     true_op = PsfOperator.load(truth_file) if truth_file.exists() else None
     shift = registration(learned, true_op)
     candidates = {"input": on_grid(y, tuple(y_geom[0, :2].tolist()), factor, tuple(t_geom[0, :2].tolist()), size)}
-    restorations = {}
+    learned_restored = None  # (images, geometry) of the learned operator's restorations
     for name, label in (("learned", "restored"), ("oracle", "oracle")):
-        if ctx.ws.restored(task, name).exists():
-            geom = load_geometry(ctx.ws.restored(task, name)).clone()
+        file = ctx.ws.restored(task, name)
+        if file.exists():
+            x, geom = torch.stack(load_image_set(file)), load_geometry(file).clone()
             if name == "learned":
                 geom[:, :2] -= torch.tensor(shift, dtype=geom.dtype)
-            restorations[label] = torch.stack(load_image_set(ctx.ws.restored(task, name))), geom
-            candidates[label] = _placed(*restorations[label], t_geom, size)
+                learned_restored = x, geom
+            candidates[label] = _placed(x, geom, t_geom, size)
     valid = torch.stack([~c[0, 0].isnan() for c in candidates.values()]).all(0)
     rows, cols = valid.any(1).nonzero().flatten(), valid.any(0).nonzero().flatten()
     b = factor if factor > 1 else 0  # SR convention: crop a border of the scale factor
@@ -97,8 +98,8 @@ def run(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, float]:
         return psnr(luma(x), luma(ref)) if factor > 1 else psnr(x, ref)
 
     metrics: dict[str, float] = {}
-    if "restored" in restorations:  # the learned operator's translation is known to a whole pixel: refine it
-        x, geom = restorations["restored"]
+    if learned_restored is not None:  # the learned operator's translation is known to a whole pixel: refine it
+        x, geom = learned_restored
         fine = best_translation(x, lambda m: score(_placed(m, geom, t_geom, size)[..., window[0], window[1]]).mean())
         candidates["restored"] = _placed(fourier_shift(x, fine), geom, t_geom, size)
         metrics |= {"restored/fine_shift_rows": fine[0], "restored/fine_shift_cols": fine[1]}

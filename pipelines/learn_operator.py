@@ -34,14 +34,14 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
                   f"{model.factor * patch} px field of view (train_prior.{task}.patch_size {patch}); the prior cannot "
                   f"hold such a blur's statistics: use patches of at least {2 * model.size // model.factor} px "
                   "(init: spectral and reg.spectral still see it)")
-    clean_file = ctx.ws.prepared("clean")
-    clean = PatchSampler(load_image_set(clean_file), model.crop_size(patch), flips=True,
-                         geometry=load_geometry(clean_file))
+    clean_file, observed_file = ctx.ws.prepared("clean"), ctx.ws.observed(task, "train")
+    clean_images, observed = load_image_set(clean_file), load_image_set(observed_file)
+    clean = PatchSampler(clean_images, model.crop_size(patch), flips=True, geometry=load_geometry(clean_file))
     heldout_file = ctx.ws.observed(task, "test")  # real observations the prior did not see
     crops, crop_pos = PatchSampler(load_image_set(heldout_file), patch, geometry=load_geometry(heldout_file)
                                    ).sample_with_position(HELDOUT_CROPS, torch.Generator().manual_seed(cfg.seed + 3))
-    spectral = second_order(cfg, ctx, task, model, sigma)
-    start = blind_or_spectral(cfg, ctx, model, task, spectral)
+    spectral = second_order(cfg, model, clean_images, observed, load_geometry(observed_file), sigma)
+    start = blind_or_spectral(cfg, ctx, model, task, observed, spectral)
     truth_file = ctx.ws.observed(task, "truth")
     truth = PsfOperator.load(truth_file) if truth_file.exists() else None
 
@@ -81,18 +81,19 @@ def run(cfg: LearnOperatorConfig, ctx: StageContext, task: str) -> dict[str, flo
     return metrics
 
 
-def second_order(cfg: LearnOperatorConfig, ctx: StageContext, task: str, model: LearnableOperator,
+def second_order(cfg: LearnOperatorConfig, model: LearnableOperator, clean: list[torch.Tensor],
+                 observed: list[torch.Tensor], observed_geometry: torch.Tensor | None,
                  sigma: float) -> SpectralTarget | None:
-    """The sets' power spectra when the config uses them (init 'spectral', reg.spectral), on the
-    largest crops both sets hold (at most 64 px); for init 'spectral' (and 'auto') the model starts
-    from the Gaussian PSFs that fit them. Crops are drawn with the learner's seed."""
+    """The power spectra of the clean and observed sets (images (C, H, W)) when the config uses
+    them (init 'spectral', reg.spectral), on the largest crops both sets hold (at most 64 px); for
+    init 'spectral' (and 'auto') the model starts from the Gaussian PSFs that fit them. Crops are
+    drawn with the learner's seed."""
     if cfg.init not in ("spectral", "auto") and cfg.reg.spectral == 0:
         return None
-    clean, observed = load_image_set(ctx.ws.prepared("clean")), load_image_set(ctx.ws.observed(task, "train"))
     side = min(64, min(min(y.shape[-2:]) for y in observed), min(min(x.shape[-2:]) for x in clean) // model.factor)
     patch = side // 2 * 2
     target = spectral_target(PatchSampler(clean, model.factor * patch),
-                             PatchSampler(observed, patch, geometry=load_geometry(ctx.ws.observed(task, "train"))),
+                             PatchSampler(observed, patch, geometry=observed_geometry),
                              sigma, model.factor, model.grid_shape, generator=torch.Generator().manual_seed(cfg.seed))
     if cfg.init in ("spectral", "auto"):
         model.set_psfs(fit_gaussians(target, model.size))
@@ -100,18 +101,17 @@ def second_order(cfg: LearnOperatorConfig, ctx: StageContext, task: str, model: 
 
 
 def blind_or_spectral(cfg: LearnOperatorConfig, ctx: StageContext, model: LearnableOperator, task: str,
-                      spectral: SpectralTarget | None) -> dict[str, float]:
+                      observed: list[torch.Tensor], spectral: SpectralTarget | None) -> dict[str, float]:
     """init 'blind': the model starts from the blind kernel; 'auto': from the blind kernel or the
     spectral Gaussian, whichever fits the sets' spectra better (a Gaussian-like blur is the
     Gaussian's; a motion blur, whose spectrum no Gaussian fits, the blind one's). -> the start's
     scores (metrics init/*)."""
     if cfg.init not in ("blind", "auto"):
         return {}
-    images = load_image_set(ctx.ws.observed(task, "train"))
-    side, note = blind_side(images, model.size)
+    side, note = blind_side(observed, model.size)
     if note:
         warn(ctx, f"learn_operator.{task}: {note}", "ddmops.warning.blind")
-    blind = blind_kernel(gray_tiles(images, side, BLIND_TILES, torch.Generator().manual_seed(cfg.seed)),
+    blind = blind_kernel(gray_tiles(observed, side, BLIND_TILES, torch.Generator().manual_seed(cfg.seed)),
                          model.size)[None].float()
     if cfg.init == "blind":
         model.set_psfs(blind)
@@ -135,9 +135,10 @@ def blind_side(images: list[torch.Tensor], size: int) -> tuple[int, str | None]:
         raise ValueError(f"learn_operator init 'blind': observed images of {have} px are too small for a "
                          f"{size} px kernel (at least {size + 16} px)")
     if side < 4 * size:
-        return side, (f"the blind start reads observed tiles of {side} px, under the 4 kernel widths ({4 * size} px) "
-                      f"it wants for a {size} px kernel (the kernel step sees {side - size + 1} px of each): cut larger "
-                      "tiles (prepare.tile_size, or degrade.observations.tile_size for a device's photos)")
+        return side, (f"the blind start reads observed tiles of {side} px, under the 4 kernel widths "
+                      f"({4 * size} px) it wants for a {size} px kernel (the kernel step sees {side - size + 1} px "
+                      "of each): cut larger tiles (prepare.tile_size, or degrade.observations.tile_size for a "
+                      "device's photos)")
     return side, None
 
 

@@ -7,8 +7,9 @@ half-quadratic splitting, solved in Fourier on a reflect-padded field, and (b) t
 by all tiles: min sum ||valid(grad x * k) - grad y||^2 + gamma ||k||^2 by conjugate gradients,
 counting only outputs whose support lies inside the observed tile, then non-negative, small
 entries and stray blobs removed, sum 1, centroid centred. Rounds start at about 5 px from a
-two-pixel seed, on tiles shrunk to match, and grow by sqrt(2) per scale up to the kernel size. The power spectrum
-(:mod:`ddmops.ddm4ip.spectral`) fixes a blur only up to its phase; edges fix the phase.
+two-pixel seed, on tiles shrunk to match, and grow by sqrt(2) per scale up to the kernel size.
+The power spectrum (:mod:`ddmops.ddm4ip.spectral`) fixes a blur only up to its phase; edges fix
+the phase.
 """
 
 from __future__ import annotations
